@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make up` runs the cluster, `make test` runs the tests.
+# Both create .venv and install the project (with its test extras) the first time.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup up down status demo test test-fast sim bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+up: setup            ## start a 3-node cluster on the built-in config, in the foreground (Ctrl-C stops it)
+	$(BIN)/lfctl up
+
+down: setup
+	$(BIN)/lfctl down
+
+status: setup
+	$(BIN)/lfctl status
+
+test: setup          ## the whole suite: unit, simulation (2,000 seeds), integration on real processes
+	$(BIN)/python -m pytest -q
+
+test-fast: setup     ## everything but the long simulation runs
+	$(BIN)/python -m pytest -q -m "not slow"
+
+sim: setup           ## more seeds: make sim SEEDS=10000
+	$(BIN)/python -m orchestrator.simulator --seeds $(or $(SEEDS),2000)
+
+bench: setup
+	$(BIN)/python bench/codec_bench.py
+	$(BIN)/python bench/storage_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

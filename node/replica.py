@@ -1,0 +1,609 @@
+"""The replica protocol as a pure state machine (sans-IO).
+
+Events go in (`on_client_request`, `on_message`, `on_view_reply`, `on_tick`), and `flush` turns
+what they changed into an `Outbox`: records to persist, messages to peers, replies to clients.
+No sockets, clocks or threads: `now` is always passed in.  That is what lets the deterministic
+simulator run N replicas in one process and check the invariants after every step.
+
+Protocol summary (see docs/architecture.md for the safety argument):
+- The primary appends orders to its log and replicates every new entry to each backup (and to
+  learners); it commits an index once every backup in its view - plus any learner it has asked
+  the view service to add - has acknowledged it, then applies and replies.
+- Backups accept appends only from their view's primary, in order (prev index and view must
+  match); otherwise they say which index they need.
+- A new primary first brings every backup to its own log; reads wait until that is done and are
+  served only under a lease taken from the primary's last successful ping.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+
+from node.state import Log, OrderBook, order_key
+from node.storage import AppendEntries, CommitMark, Recovered, SnapshotRecord, TruncateFrom, ViewMark
+from protocol.messages import (
+    NO_NODE,
+    NO_VIEW,
+    Append,
+    AppendReply,
+    ClientRequest,
+    CustomerRecord,
+    ErrorCode,
+    ErrorReply,
+    LaptopInfo,
+    Outbox,
+    Ping,
+    RecordList,
+    RequestType,
+    SnapshotChunk,
+    View,
+    ViewReply,
+)
+
+log = logging.getLogger("node.replica")
+
+SNAPSHOT_CHUNK = 1 << 20
+# A ping unanswered for this many heartbeats is given up (the shell reopens its socket, so a late
+# reply can never be matched to a newer ping and stretch the lease).
+PING_TIMEOUT_HEARTBEATS = 2
+MAX_PARKED_READS = 10_000
+
+
+class Role(str, Enum):
+    IDLE = "idle"  # no view yet
+    PRIMARY = "primary"
+    BACKUP = "backup"
+    LEARNER = "learner"  # outside the view: catching up, or deposed
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSettings:
+    """Protocol timings in seconds and limits; built from `[replication]` of cluster.toml."""
+
+    heartbeat: float = 0.05
+    lease: float = 0.4
+    failure_timeout: float = 0.5
+    retransmit: float = 0.1
+    batch_max_entries: int = 1024
+    snapshot_every: int = 100_000
+    max_bulk_read: int = 100_000
+    max_pending: int = 100_000
+    window_batches: int = 8  # batches in flight per peer before waiting for acks
+
+    @classmethod
+    def from_config(cls, rc) -> "ReplicaSettings":
+        return cls(
+            heartbeat=rc.heartbeat_ms / 1000,
+            lease=rc.lease_ms / 1000,
+            failure_timeout=rc.failure_timeout_ms / 1000,
+            retransmit=rc.retransmit_ms / 1000,
+            batch_max_entries=rc.batch_max_entries,
+            snapshot_every=rc.snapshot_every,
+            max_bulk_read=rc.max_bulk_read,
+            max_pending=rc.max_pending,
+        )
+
+
+class _Peer:
+    """What the primary knows about one backup or learner in the current primaryship."""
+
+    __slots__ = ("next_index", "match_index", "incarnation", "last_ack", "last_sent", "last_need", "snapshot_sent")
+
+    def __init__(self, next_index: int, now: float) -> None:
+        self.next_index = next_index  # next entry to send (optimistic: advanced when sent)
+        self.match_index = 0  # highest index known to match our log
+        self.incarnation = 0
+        self.last_ack = now  # last reply that made progress (or the start)
+        self.last_sent = -1.0
+        self.last_need = (0, -1.0)  # (index, time) of the last "need" acted on: damps duplicates
+        self.snapshot_sent = -1.0
+
+
+class Replica:
+    def __init__(self, node_id: int, settings: ReplicaSettings, recovered: Recovered, incarnation: int) -> None:
+        self.id = node_id
+        self.s = settings
+        self.incarnation = incarnation
+        self.durable = not recovered.fresh
+        self.outbox = Outbox()
+
+        self.view: View = View(recovered.view_number, NO_NODE, frozenset()) if recovered.view_number else NO_VIEW
+        self.role = Role.IDLE
+        self.learners: frozenset[int] = frozenset()
+
+        self.log = Log(recovered.snapshot_index, recovered.snapshot_view, list(recovered.entries))
+        self.book = OrderBook.deserialize(recovered.snapshot_data) if recovered.snapshot_data else OrderBook()
+        self.snapshot: tuple[int, int, bytes] | None = (
+            (recovered.snapshot_index, recovered.snapshot_view, recovered.snapshot_data)
+            if recovered.snapshot_data
+            else None
+        )
+        self.applied_index = recovered.snapshot_index
+        self.commit_index = recovered.snapshot_index
+        self._persisted_commit = recovered.commit_index
+        self._unpersisted_from = self.log.last_index + 1  # first entry not yet handed to storage
+        self.ops = 0
+
+        # primary-only state
+        self.peers: dict[int, _Peer] = {}
+        self.pending_add: dict[int, int] = {}  # learner -> incarnation, counted for commits
+        self.pending_add_view = 0  # the view number in which the addition was requested
+        self.waiters: dict[int, list[tuple[object, ClientRequest]]] = {}
+        self.pending_keys: dict[int, int] = {}  # order key -> log index, for entries not yet applied
+        self.parked_reads: list[tuple[object, ClientRequest]] = []
+        self.view_start_index = 0  # reads wait until this is committed in the current primaryship
+        self.lease_until = -1.0
+        self.regressed: set[int] = set()  # backups that lost acknowledged entries: must leave the view
+        self.lagging: set[int] = set()  # backups alive for the view service but not keeping up with us
+
+        # learner side of a snapshot transfer: (snap_index, snap_view, total, buffer)
+        self._incoming: tuple[int, int, int, bytearray] | None = None
+        self._set_commit(min(recovered.commit_index, self.log.last_index))
+
+    # ------------------------------------------------------------------ events
+
+    def on_client_request(self, client: object, req: ClientRequest, now: float) -> None:
+        if self.role is not Role.PRIMARY:
+            hint = self.view.primary if self.view.primary != self.id else NO_NODE
+            self._reply(client, ErrorReply(req.req_id, ErrorCode.NOT_PRIMARY, hint, f"node {self.id} is not primary"))
+            return
+        if req.type == RequestType.ORDER:
+            self._order(client, req)  # safe without a lease: it commits only with every backup's ack
+        elif req.type == RequestType.READ or req.type == RequestType.BULK_READ:
+            if now >= self.lease_until:
+                # A deposed primary must not answer from stale state.
+                msg = "primary has no current lease from the view service"
+                self._reply(client, ErrorReply(req.req_id, ErrorCode.UNAVAILABLE, NO_NODE, msg))
+                return
+            if req.type == RequestType.BULK_READ:
+                width = req.order_number - req.customer_id
+                if width < 0:
+                    self._reply(client, ErrorReply(req.req_id, ErrorCode.BAD_REQUEST, NO_NODE, "bulk read needs lo <= hi"))
+                    return
+                if width > self.s.max_bulk_read:
+                    msg = f"bulk read of {width} customers exceeds max_bulk_read {self.s.max_bulk_read}"
+                    self._reply(client, ErrorReply(req.req_id, ErrorCode.TOO_LARGE, NO_NODE, msg))
+                    return
+            if self.commit_index < self.view_start_index:
+                if len(self.parked_reads) >= MAX_PARKED_READS:
+                    self._reply(client, ErrorReply(req.req_id, ErrorCode.OVERLOADED, NO_NODE, "too many reads waiting"))
+                else:
+                    self.parked_reads.append((client, req))
+                return
+            self._answer_read(client, req)
+        else:
+            self._reply(client, ErrorReply(req.req_id, ErrorCode.BAD_REQUEST, NO_NODE, f"unknown request type {req.type}"))
+
+    def on_message(self, msg: object, now: float) -> None:
+        if isinstance(msg, Append):
+            self._on_append(msg, now)
+        elif isinstance(msg, AppendReply):
+            self._on_append_reply(msg, now)
+        elif isinstance(msg, SnapshotChunk):
+            self._on_snapshot_chunk(msg, now)
+
+    def on_view_reply(self, reply: ViewReply, now: float, sent_at: float) -> None:
+        """`sent_at` is when the ping this answers was sent: the lease counts from then, which is
+        never later than the moment the view service last heard from us."""
+        if self._is_newer(reply.view):
+            self._adopt_view(reply.view, now)
+        elif reply.view.number < self.view.number:
+            return  # from before a view we already adopted through our primary
+        if self.pending_add and self.view.number > self.pending_add_view:
+            self.pending_add.clear()  # resolved: the view now says whether they are in
+        self.learners = reply.learners - {self.id}
+        if self.role is Role.PRIMARY and reply.view.primary == self.id:
+            self.lease_until = max(self.lease_until, sent_at + self.s.lease)
+            wanted = self.view.backups | self.learners | self.pending_add.keys()
+            for peer_id in list(self.peers):
+                if peer_id not in wanted:
+                    del self.peers[peer_id]
+            for learner in self.learners:
+                if learner not in self.peers:
+                    self.peers[learner] = _Peer(self.log.last_index + 1, now)
+
+    def on_tick(self, now: float) -> None:
+        # Snapshots are taken here rather than at commit time: a step that commits entries
+        # leaves them in the log, where the simulator's invariant checks can still see them.
+        if self.applied_index - self.log.base_index >= self.s.snapshot_every:
+            self._take_snapshot()
+        if self.role is Role.PRIMARY:
+            self._primary_tick(now)
+
+    def make_ping(self) -> Ping:
+        return Ping(
+            node_id=self.id,
+            incarnation=self.incarnation,
+            view_number=self.view.number,
+            last_index=self.log.last_index,
+            last_view=self.log.last_view,
+            commit_index=self.commit_index,
+            applied_index=self.applied_index,
+            durable=self.durable,
+            add=tuple(sorted(self.pending_add.items())) if self.role is Role.PRIMARY else (),
+            remove=frozenset(self.regressed | self.lagging) if self.role is Role.PRIMARY else frozenset(),
+            ops=self.ops,
+        )
+
+    def flush(self, now: float) -> Outbox:
+        """End of a loop turn: persist new entries, replicate them in one batch per peer, commit
+        what can be committed, reply.  Returns the outbox (the shell drains and clears it)."""
+        last = self.log.last_index
+        if self._unpersisted_from <= last:
+            first = self._unpersisted_from
+            self.outbox.persist.append(AppendEntries(first, tuple(self.log.slice(first, last))))
+        self._unpersisted_from = last + 1
+        if self.role is Role.PRIMARY:
+            for peer_id, peer in self.peers.items():
+                self._send_to(peer_id, peer, now)
+            self._advance_commit()
+        if self.commit_index > self._persisted_commit:
+            self.outbox.persist.append(CommitMark(self.commit_index))
+            self._persisted_commit = self.commit_index
+        return self.outbox
+
+    # ------------------------------------------------------------------ primary: requests
+
+    def _order(self, client: object, req: ClientRequest) -> None:
+        key = order_key(req.customer_id, req.order_number)
+        engineer = self.book.orders.get(key)
+        if engineer is not None:  # already committed: answer again, do not append twice
+            self._reply(client, self._laptop(req, engineer))
+            self.ops += 1
+            return
+        index = self.pending_keys.get(key)
+        if index is not None:  # a retry of an order still in flight: wait with it
+            self.waiters.setdefault(index, []).append((client, req))
+            return
+        if len(self.pending_keys) >= self.s.max_pending:
+            self._reply(client, ErrorReply(req.req_id, ErrorCode.OVERLOADED, NO_NODE, "too many orders in flight"))
+            return
+        index = self.log.append((self.view.number, req.customer_id, req.order_number, self.id))
+        self.pending_keys[key] = index
+        self.waiters[index] = [(client, req)]
+
+    def _laptop(self, req: ClientRequest, engineer: int) -> LaptopInfo:
+        return LaptopInfo(req.req_id, req.customer_id, req.order_number, RequestType.ORDER, engineer, self.id)
+
+    def _answer_read(self, client: object, req: ClientRequest) -> None:
+        self.ops += 1
+        if req.type == RequestType.READ:
+            last = self.book.records.get(req.customer_id)
+            if last is None:
+                self._reply(client, CustomerRecord(req.req_id, -1, -1))
+            else:
+                self._reply(client, CustomerRecord(req.req_id, req.customer_id, last))
+        else:
+            self._reply(client, RecordList(req.req_id, tuple(self.book.range(req.customer_id, req.order_number))))
+
+    def _reply(self, client: object, reply: object) -> None:
+        self.outbox.replies.append((client, reply))
+
+    # ------------------------------------------------------------------ primary: replication
+
+    def _send_to(self, peer_id: int, peer: _Peer, now: float) -> None:
+        """Send what the peer lacks, within the window; a heartbeat when there is nothing new."""
+        log_ = self.log
+        last = log_.last_index
+        if peer.next_index <= log_.base_index:
+            self._send_snapshot(peer_id, peer, now)
+            return
+        limit = peer.match_index + self.s.window_batches * self.s.batch_max_entries
+        sent = False
+        while peer.next_index <= last and peer.next_index <= limit:
+            first = peer.next_index
+            upto = min(last, first + self.s.batch_max_entries - 1)
+            prev = first - 1
+            msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, tuple(log_.slice(first, upto)))
+            self.outbox.messages.append((peer_id, msg))
+            peer.next_index = upto + 1
+            sent = True
+        if not sent and now - peer.last_sent >= self.s.heartbeat:
+            prev = min(peer.next_index - 1, last)
+            msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, ())
+            self.outbox.messages.append((peer_id, msg))
+            sent = True
+        if sent:
+            peer.last_sent = now
+
+    def _send_snapshot(self, peer_id: int, peer: _Peer, now: float) -> None:
+        # A transfer in progress is given several retransmit periods before it is resent.
+        if self.snapshot is None or now - peer.snapshot_sent < 10 * self.s.retransmit:
+            return
+        snap_index, snap_view, data = self.snapshot
+        for offset in range(0, max(len(data), 1), SNAPSHOT_CHUNK):
+            chunk = data[offset : offset + SNAPSHOT_CHUNK]
+            self.outbox.messages.append(
+                (peer_id, SnapshotChunk(self.view, self.id, snap_index, snap_view, offset, len(data), chunk))
+            )
+        peer.snapshot_sent = now
+        peer.last_sent = now
+        peer.next_index = snap_index + 1
+
+    def _on_append_reply(self, msg: AppendReply, now: float) -> None:
+        if self.role is not Role.PRIMARY:
+            return
+        if msg.view_number > self.view.number:
+            log.info("node %d answered from view %d: this primary (view %d) is deposed", msg.sender, msg.view_number, self.view.number)
+            self.lease_until = -1.0  # stop serving until the view service says otherwise
+            return
+        peer = self.peers.get(msg.sender)
+        if msg.view_number < self.view.number or peer is None:
+            return
+        if peer.incarnation != msg.incarnation:
+            if peer.incarnation:  # the peer restarted: whatever it acknowledged before may be gone
+                self._regress(msg.sender, peer, 0)
+            peer.incarnation = msg.incarnation
+        if msg.ok:
+            if msg.index > peer.match_index:
+                peer.match_index = min(msg.index, self.log.last_index)
+                peer.last_ack = now
+            if peer.next_index <= peer.match_index:
+                peer.next_index = peer.match_index + 1
+        else:
+            need = msg.index
+            if need <= peer.match_index:
+                self._regress(msg.sender, peer, need - 1)
+            last_need, at = peer.last_need
+            if need < peer.next_index and not (need == last_need and now - at < self.s.retransmit):
+                peer.next_index = max(need, 1)
+                peer.last_need = (need, now)
+
+    def _regress(self, peer_id: int, peer: _Peer, match: int) -> None:
+        """The peer lost entries it had acknowledged (it restarted without them): it can no
+        longer count as in sync.  Dropping it from `pending_add` is safe: should the view service
+        add it anyway, its next ping (from the new incarnation) makes the service drop it."""
+        peer.match_index = match
+        if peer_id in self.view.backups:
+            self.regressed.add(peer_id)
+        self.pending_add.pop(peer_id, None)
+
+    def _advance_commit(self) -> None:
+        last = self.log.last_index
+        target = last
+        for peer_id in self.view.backups:
+            peer = self.peers.get(peer_id)
+            # A backup that restarted is not the process the view service admitted: whatever it
+            # says now does not count until a new view settles its membership.
+            target = min(target, peer.match_index if peer and peer_id not in self.regressed else 0)
+        for peer_id in self.pending_add:
+            peer = self.peers.get(peer_id)
+            target = min(target, peer.match_index if peer else 0)
+        if target > self.commit_index:
+            self._set_commit(target)
+
+    def _primary_tick(self, now: float) -> None:
+        last = self.log.last_index
+        for peer_id, peer in self.peers.items():
+            if peer.match_index < last and now - peer.last_ack >= self.s.retransmit and peer.next_index > peer.match_index + 1:
+                if now - peer.last_need[1] >= self.s.retransmit:
+                    peer.next_index = peer.match_index + 1  # go back: something was lost
+                    peer.last_need = (peer.next_index, now)
+            if peer_id in self.view.backups and peer.match_index < last and now - peer.last_ack >= self.s.failure_timeout:
+                self.lagging.add(peer_id)
+            else:
+                self.lagging.discard(peer_id)
+        # Learners that caught up are counted from now on, then proposed to the view service.
+        if self.pending_add_view != self.view.number:
+            self.pending_add.clear()
+        for learner in self.learners:
+            peer = self.peers.get(learner)
+            if (
+                peer is not None
+                and learner not in self.pending_add
+                and peer.incarnation
+                and peer.match_index >= self.commit_index
+                and last - peer.match_index <= self.s.batch_max_entries
+            ):
+                self.pending_add[learner] = peer.incarnation
+                self.pending_add_view = self.view.number
+
+    # ------------------------------------------------------------------ backup side
+
+    def _on_append(self, msg: Append, now: float) -> None:
+        if self.role is Role.IDLE:
+            # Until the view service has answered us we might not know any view at all (wiped);
+            # adopting one from an append could let a deposed primary count us in its old view.
+            return
+        if msg.view.number < self.view.number:
+            self._send_reply(msg.sender, False, self.log.last_index + 1)  # fencing: tell it is stale
+            return
+        if self._is_newer(msg.view):
+            self._adopt_view(msg.view, now)
+        if msg.sender != self.view.primary or msg.sender == self.id:
+            return
+        log_ = self.log
+        prev = msg.prev_index
+        entries = msg.entries
+        if prev > log_.last_index:
+            self._send_reply(msg.sender, False, log_.last_index + 1)
+            return
+        if prev < log_.base_index:
+            # The part behind our snapshot is committed and identical: skip it.
+            skip = log_.base_index - prev
+            if skip >= len(entries):
+                self._send_reply(msg.sender, True, log_.base_index)
+                return
+            entries = entries[skip:]
+            prev = log_.base_index
+        elif log_.view_at(prev) != msg.prev_view:
+            # Our entry at prev differs from the primary's: everything past our commit index is
+            # suspect (committed entries are on every in-sync node), so drop it and ask from there.
+            keep = min(self.commit_index, prev - 1)
+            log_.truncate_from(keep + 1)
+            self.outbox.persist.append(TruncateFrom(keep + 1))
+            self._unpersisted_from = min(self._unpersisted_from, keep + 1)
+            self._send_reply(msg.sender, False, keep + 1)
+            return
+        for k, entry in enumerate(entries):
+            index = prev + k + 1
+            if index <= log_.last_index:
+                if log_.view_at(index) == entry[0]:
+                    continue  # already have it (duplicate or overlapping batch)
+                log_.truncate_from(index)
+            log_.entries.extend(entries[k:])
+            self._unpersisted_from = min(self._unpersisted_from, index)
+            break
+        matched = prev + len(entries)
+        self._learn_commit(min(msg.commit_index, matched))
+        self._send_reply(msg.sender, True, matched)
+
+    def _learn_commit(self, commit: int) -> None:
+        if commit > self.commit_index:
+            self._set_commit(commit)
+
+    def _send_reply(self, to: int, ok: bool, index: int) -> None:
+        self.outbox.messages.append((to, AppendReply(self.view.number, self.id, ok, index, self.incarnation)))
+
+    def _on_snapshot_chunk(self, msg: SnapshotChunk, now: float) -> None:
+        if self.role is Role.IDLE or msg.view.number < self.view.number:
+            return
+        if self._is_newer(msg.view):
+            self._adopt_view(msg.view, now)
+        if msg.sender != self.view.primary:
+            return
+        if msg.snap_index <= self.commit_index:
+            self._send_reply(msg.sender, True, self.commit_index)  # committed entries match anyway
+            return
+        if msg.offset == 0:
+            self._incoming = (msg.snap_index, msg.snap_view, msg.total, bytearray())
+        incoming = self._incoming
+        if incoming is None or incoming[0] != msg.snap_index or len(incoming[3]) != msg.offset:
+            return  # a chunk out of order: wait for the primary to resend from the start
+        incoming[3].extend(msg.data)
+        if len(incoming[3]) < msg.total:
+            return
+        self._incoming = None
+        data = bytes(incoming[3])
+        try:
+            book = OrderBook.deserialize(data)
+        except ValueError as exc:
+            log.warning("discarding snapshot %d from node %d: %s", msg.snap_index, msg.sender, exc)
+            return
+        self.book = book
+        self.log.reset(msg.snap_index, msg.snap_view)
+        self.snapshot = (msg.snap_index, msg.snap_view, data)
+        self.applied_index = self.commit_index = msg.snap_index
+        self._unpersisted_from = msg.snap_index + 1
+        self.outbox.persist.append(SnapshotRecord(msg.snap_index, msg.snap_view, data, ()))
+        self._persisted_commit = max(self._persisted_commit, msg.snap_index)
+        log.info("installed snapshot at index %d from node %d (%d bytes)", msg.snap_index, msg.sender, len(data))
+        self._send_reply(msg.sender, True, msg.snap_index)
+
+    # ------------------------------------------------------------------ views, commit, apply
+
+    def _is_newer(self, view: View) -> bool:
+        """A restarted node knows its last view number (for fencing) but not that view's primary:
+        it takes the first view it hears of with at least that number."""
+        return view.number > self.view.number or (self.role is Role.IDLE and view.number == self.view.number)
+
+    def _adopt_view(self, view: View, now: float) -> None:
+        old = self.view
+        was_primary = self.role is Role.PRIMARY
+        self.view = view
+        self.outbox.persist.append(ViewMark(view.number))
+        if view.primary == self.id:
+            # Continuing as primary into the very next view keeps what we know of the peers:
+            # no other primary can have existed in between.
+            continuing = was_primary and old.primary == self.id and view.number == old.number + 1
+            self.role = Role.PRIMARY
+            if not continuing:
+                self._become_primary(now)
+            self.peers = {p: self.peers.get(p) or _Peer(self.log.last_index + 1, now) for p in (view.backups | self.learners) if p != self.id}
+            self.regressed &= view.backups
+            self.lagging &= view.backups
+            log.info("view %d: primary (backups %s)", view.number, sorted(view.backups))
+        else:
+            if was_primary:
+                self._step_down()
+            self.role = Role.BACKUP if self.id in view.backups else Role.LEARNER
+            log.info("view %d: %s (primary %d)", view.number, self.role.value, view.primary)
+
+    def _become_primary(self, now: float) -> None:
+        self.peers = {}
+        self.pending_add.clear()
+        self.regressed.clear()
+        self.lagging.clear()
+        self.lease_until = -1.0
+        self.view_start_index = self.log.last_index
+        self.waiters = {}
+        self.parked_reads = []
+        self.pending_keys = {}
+        for index in range(self.applied_index + 1, self.log.last_index + 1):
+            _v, customer, order, _e = self.log.entry(index)
+            self.pending_keys.setdefault(order_key(customer, order), index)
+
+    def _step_down(self) -> None:
+        hint = self.view.primary if self.view.primary != self.id else NO_NODE
+        for waiting in self.waiters.values():
+            for client, req in waiting:
+                self._reply(client, ErrorReply(req.req_id, ErrorCode.NOT_PRIMARY, hint, "primary changed"))
+        for client, req in self.parked_reads:
+            self._reply(client, ErrorReply(req.req_id, ErrorCode.NOT_PRIMARY, hint, "primary changed"))
+        self.waiters = {}
+        self.parked_reads = []
+        self.pending_keys = {}
+        self.peers = {}
+        self.pending_add.clear()
+        self.regressed.clear()
+        self.lagging.clear()
+        self.lease_until = -1.0
+
+    def _set_commit(self, commit: int) -> None:
+        self.commit_index = commit
+        book = self.book
+        log_ = self.log
+        waiters = self.waiters
+        for index in range(self.applied_index + 1, commit + 1):
+            entry = log_.entry(index)
+            book.apply(entry)
+            if waiters:
+                waiting = waiters.pop(index, None)
+                if waiting:
+                    key = order_key(entry[1], entry[2])
+                    self.pending_keys.pop(key, None)
+                    engineer = book.orders.get(key, entry[3])
+                    for client, req in waiting:
+                        self._reply(client, self._laptop(req, engineer))
+                    self.ops += len(waiting)
+                    continue
+            if self.pending_keys:
+                self.pending_keys.pop(order_key(entry[1], entry[2]), None)
+        self.applied_index = max(self.applied_index, commit)
+        if self.parked_reads and commit >= self.view_start_index and self.role is Role.PRIMARY:
+            parked, self.parked_reads = self.parked_reads, []
+            for client, req in parked:
+                self._answer_read(client, req)
+
+    def _take_snapshot(self) -> None:
+        index = self.applied_index
+        view = self.log.view_at(index)
+        data = self.book.serialize()
+        tail = tuple(self.log.slice(index + 1, self.log.last_index)) if self.log.last_index > index else ()
+        self.log.compact(index)
+        self.snapshot = (index, view, data)
+        # Entries not yet handed to storage are in `tail` now; do not write them twice.
+        self.outbox.persist.append(SnapshotRecord(index, view, data, tail))
+        self._unpersisted_from = self.log.last_index + 1
+        self._persisted_commit = max(self._persisted_commit, index)
+
+    # ------------------------------------------------------------------ inspection
+
+    def status(self) -> dict:
+        primary_last = self.log.last_index if self.role is Role.PRIMARY else None
+        return {
+            "node_id": self.id,
+            "role": self.role.value,
+            "view": {"number": self.view.number, "primary": self.view.primary, "backups": sorted(self.view.backups)},
+            "last_index": self.log.last_index,
+            "commit_index": self.commit_index,
+            "applied_index": self.applied_index,
+            "snapshot_index": self.log.base_index,
+            "record_count": len(self.book.records),
+            "incarnation": self.incarnation,
+            "durable": self.durable,
+            "ops": self.ops,
+            "primary_last_index": primary_last,
+        }

@@ -1,0 +1,361 @@
+"""One node process: a single-threaded ZeroMQ event loop around the sans-IO replica core.
+
+Each loop turn drains whatever arrived (client requests, replication traffic, the view service's
+reply, control commands) into the core, then flushes the core's outbox in the order that makes
+"written before acknowledged" hold: storage first, then peers, then clients.  Everything that
+arrived in one turn therefore goes to each backup as one batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import zmq
+
+from node.replica import PING_TIMEOUT_HEARTBEATS, Replica, ReplicaSettings
+from node.storage import Storage
+from protocol import codec
+from protocol.codec import ProtocolError
+from protocol.config import ClusterConfig, ConfigError, load_config
+from protocol.messages import ClientRequest, ErrorCode, ErrorReply, ViewReply
+
+log = logging.getLogger("node")
+
+EXIT_PORT_IN_USE = 3
+EXIT_ALREADY_RUNNING = 4
+DRAIN_LIMIT = 2048  # messages taken from one socket per loop turn, so no socket starves the others
+PUSH_HWM = 100_000
+
+
+def node_dir(data_dir: Path, node_id: int) -> Path:
+    return data_dir / f"node-{node_id}"
+
+
+class NodeServer:
+    def __init__(self, config: ClusterConfig, node_id: int, data_dir: Path) -> None:
+        self.config = config
+        self.node = config.node(node_id)
+        self.id = node_id
+        self.dir = node_dir(data_dir, node_id)
+        self.started = time.monotonic()
+        self.stopping = False
+        self.incarnation = (int.from_bytes(os.urandom(8), "little") >> 1) or 1
+        self.storage = Storage(self.dir, config.replication.durability)
+        recovered = self.storage.load()
+        for note in recovered.notes:
+            log.warning("%s", note)
+        self.core = Replica(node_id, ReplicaSettings.from_config(config.replication), recovered, self.incarnation)
+        log.info(
+            "node %d starting: incarnation %x, recovered %d entries (snapshot %d, commit %d), durability %s",
+            node_id, self.incarnation, recovered.last_index, recovered.snapshot_index, recovered.commit_index,
+            config.replication.durability,
+        )
+        self.ctx = zmq.Context.instance()
+        self.client_sock = self.ctx.socket(zmq.ROUTER)
+        self.repl_sock = self.ctx.socket(zmq.PULL)
+        self.control_sock = self.ctx.socket(zmq.REP)
+        self._bind_all()
+        self.pushes: dict[int, zmq.Socket] = {}
+        for peer in config.nodes:
+            if peer.id != node_id:
+                sock = self.ctx.socket(zmq.PUSH)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a peer that is not connected
+                sock.setsockopt(zmq.SNDHWM, PUSH_HWM)
+                sock.connect(peer.repl_endpoint)
+                self.pushes[peer.id] = sock
+        self.vs_sock: zmq.Socket | None = None
+        self.ping_sent_at: float | None = None
+        self.next_ping = 0.0
+        self.heartbeat = config.replication.heartbeat_ms / 1000
+        self.ping_timeout = PING_TIMEOUT_HEARTBEATS * self.heartbeat
+        self.tick_period = min(self.heartbeat / 2, 0.01)
+        self.bad_frames = 0
+        self._open_vs()
+
+    # ------------------------------------------------------------------ sockets
+
+    def _bind_all(self) -> None:
+        binds = (
+            (self.client_sock, self.node.client_port, "client"),
+            (self.repl_sock, self.node.repl_port, "replication"),
+            (self.control_sock, self.node.control_port, "control"),
+        )
+        for sock, port, _what in binds:
+            sock.setsockopt(zmq.LINGER, 0)
+            try:
+                sock.bind(f"tcp://{self.node.host}:{port}")
+            except zmq.ZMQError as exc:
+                self.close()
+                if exc.errno == zmq.EADDRINUSE:
+                    raise PortInUse(f"node {self.id}: port {port} is in use") from None
+                raise PortInUse(f"node {self.id}: cannot bind tcp://{self.node.host}:{port}: {exc}") from None
+
+    def _open_vs(self) -> None:
+        """(Re)open the view-service socket: a reply that never came must not be matched to a
+        later ping (the lease is measured from the send time of the ping a reply answers)."""
+        if self.vs_sock is not None:
+            self.vs_sock.close(linger=0)
+        self.vs_sock = self.ctx.socket(zmq.DEALER)
+        self.vs_sock.setsockopt(zmq.LINGER, 0)
+        self.vs_sock.connect(self.config.supervisor.view_endpoint)
+        self.ping_sent_at = None
+
+    def close(self) -> None:
+        for sock in (self.client_sock, self.repl_sock, self.control_sock, getattr(self, "vs_sock", None), *getattr(self, "pushes", {}).values()):
+            if sock is not None:
+                sock.close(linger=0)
+        self.storage.close()
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        for sock in (self.client_sock, self.repl_sock, self.control_sock):
+            poller.register(sock, zmq.POLLIN)
+        registered_vs = self.vs_sock
+        poller.register(registered_vs, zmq.POLLIN)
+        next_tick = 0.0
+        while not self.stopping:
+            if self.vs_sock is not registered_vs:
+                poller.unregister(registered_vs)
+                registered_vs = self.vs_sock
+                poller.register(registered_vs, zmq.POLLIN)
+            wait = max(0.0, min(next_tick, self.next_ping) - time.monotonic())
+            ready = dict(poller.poll(wait * 1000))
+            now = time.monotonic()
+            if self.repl_sock in ready:
+                self._drain_replication(now)
+            if registered_vs in ready:
+                self._drain_view_service(now)
+            if self.client_sock in ready:
+                self._drain_clients(now)
+            if self.control_sock in ready:
+                self._handle_control()
+            if now >= next_tick:
+                self.core.on_tick(now)
+                next_tick = now + self.tick_period
+            self._ping(now)
+            self._flush(now)
+
+    def _drain_clients(self, now: float) -> None:
+        core = self.core
+        sock = self.client_sock
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            if len(frames) != 3 or frames[1]:
+                self._bad_frame("client", f"{len(frames)} frames without the REQ envelope")
+                continue
+            try:
+                req = codec.decode(frames[2])
+            except ProtocolError as exc:
+                self._bad_frame("client", str(exc))
+                sock.send_multipart([frames[0], b"", codec.encode(ErrorReply(0, ErrorCode.PROTOCOL, 0, str(exc)[:200]))])
+                continue
+            if not isinstance(req, ClientRequest):
+                self._bad_frame("client", f"unexpected {type(req).__name__}")
+                continue
+            core.on_client_request(frames[0], req, now)
+
+    def _drain_replication(self, now: float) -> None:
+        core = self.core
+        for _ in range(DRAIN_LIMIT):
+            try:
+                data = self.repl_sock.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            try:
+                msg = codec.decode(data)
+            except ProtocolError as exc:
+                self._bad_frame("replication", str(exc))
+                continue
+            core.on_message(msg, now)
+
+    def _drain_view_service(self, now: float) -> None:
+        while True:
+            try:
+                frames = self.vs_sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                reply = codec.decode(frames[-1])
+            except ProtocolError as exc:
+                self._bad_frame("view service", str(exc))
+                continue
+            if isinstance(reply, ViewReply) and self.ping_sent_at is not None:
+                self.core.on_view_reply(reply, now, self.ping_sent_at)
+                self.ping_sent_at = None
+
+    def _ping(self, now: float) -> None:
+        if self.ping_sent_at is not None:
+            if now - self.ping_sent_at < self.ping_timeout:
+                return
+            log.warning("view service did not answer for %.0f ms; reconnecting", (now - self.ping_sent_at) * 1000)
+            self._open_vs()
+        if now < self.next_ping:
+            return
+        self.vs_sock.send_multipart([b"", codec.encode(self.core.make_ping())], zmq.NOBLOCK)
+        self.ping_sent_at = now
+        self.next_ping = now + self.heartbeat
+
+    def _flush(self, now: float) -> None:
+        out = self.core.flush(now)
+        if out.persist:
+            self.storage.write(out.persist)
+        pushes = self.pushes
+        for peer, msg in out.messages:
+            sock = pushes.get(peer)
+            if sock is None:
+                continue
+            try:
+                sock.send(codec.encode(msg), zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                pass  # not connected or full: the core resends after retransmit_ms
+        if out.replies:
+            send = self.client_sock.send_multipart
+            for client, reply in out.replies:
+                try:
+                    send([client, b"", codec.encode(reply)], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass  # the client went away
+        out.clear()
+
+    def _bad_frame(self, source: str, why: str) -> None:
+        self.bad_frames += 1
+        if self.bad_frames <= 20 or self.bad_frames % 1000 == 0:
+            log.warning("dropped a bad %s frame (%d so far): %s", source, self.bad_frames, why)
+
+    # ------------------------------------------------------------------ control
+
+    def _handle_control(self) -> None:
+        try:
+            data = self.control_sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            cmd = codec.decode_json(data)
+            reply = self._control(cmd)
+        except ProtocolError as exc:
+            self._bad_frame("control", str(exc))
+            reply = {"ok": False, "error": f"bad control message: {exc}"}
+        self.control_sock.send(codec.encode_json(reply))
+
+    def _control(self, cmd: dict) -> dict:
+        name = cmd.get("cmd")
+        base = {"ok": True, "pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started, 3)}
+        status = self.core.status()
+        if name == "health":
+            return {**base, "node_id": self.id, "role": status["role"], "view": status["view"]}
+        if name == "status":
+            return {**base, **status, "bad_frames": self.bad_frames}
+        if name == "dump":
+            book = self.core.book
+            return {
+                **base,
+                **status,
+                "digest": book.digest(),
+                "records": {str(c): o for c, o in sorted(book.records.items())},
+            }
+        if name == "stop":
+            self.stopping = True
+            return {**base, "stopping": True}
+        return {"ok": False, "error": f"unknown command {name!r} (health, status, dump, stop)"}
+
+
+class PortInUse(RuntimeError):
+    pass
+
+
+def _pid_file_check(directory: Path) -> Path:
+    """Refuse to run twice on one data dir; a pid file of a dead process is just stale."""
+    pid_file = directory / "node.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return pid_file
+    if pid != os.getpid() and psutil.pid_exists(pid):
+        try:
+            cmdline = " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            cmdline = ""
+        if "node" in cmdline and "--id" in cmdline:
+            raise AlreadyRunning(f"node already running from {directory} (pid {pid})")
+    return pid_file
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def _setup_logging(directory: Path, node_id: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(directory / "node.log")
+    fmt = logging.Formatter(f"%(asctime)s node-{node_id} %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(fmt)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    if sys.stderr.isatty():
+        stream = logging.StreamHandler()
+        stream.setFormatter(fmt)
+        root.addHandler(stream)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lfctl node", description="Run one LaptopFactory node in the foreground.")
+    parser.add_argument("--id", type=int, required=True, help="node id from the config")
+    parser.add_argument("--config", type=Path, default=None, help="cluster config (default: ./cluster.toml or the built-in one)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="cluster data dir (default: from the config)")
+    args = parser.parse_args(argv)
+    try:
+        config_path = args.config if args.config is not None else (Path("cluster.toml") if Path("cluster.toml").exists() else None)
+        config = load_config(config_path)
+        config.node(args.id)
+    except ConfigError as exc:
+        print(f"lfctl node: {exc}", file=sys.stderr)
+        return 2
+    data_dir = (args.data_dir or Path(os.environ.get("LFCTL_DATA_DIR", config.data_dir))).resolve()
+    directory = node_dir(data_dir, args.id)
+    _setup_logging(directory, args.id)
+    try:
+        pid_file = _pid_file_check(directory)
+        server = NodeServer(config, args.id, data_dir)
+    except PortInUse as exc:
+        log.error("%s", exc)
+        print(exc, file=sys.stderr)
+        return EXIT_PORT_IN_USE
+    except AlreadyRunning as exc:
+        print(f"node {args.id}: {exc}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
+    pid_file.write_text(f"{os.getpid()}\n")
+
+    def stop(signum, _frame) -> None:
+        server.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.run()
+    finally:
+        log.info("node %d stopping (role %s, last index %d, commit %d)", args.id, server.core.role.value, server.core.log.last_index, server.core.commit_index)
+        server.close()
+        try:
+            if pid_file.read_text().strip() == str(os.getpid()):
+                pid_file.unlink()
+        except OSError:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

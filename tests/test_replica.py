@@ -1,0 +1,302 @@
+"""Step tests of the sans-IO replica core: one event in, the exact actions out."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.replica import Replica, ReplicaSettings, Role
+from node.state import OrderBook
+from node.storage import AppendEntries, CommitMark, Recovered, SnapshotRecord, TruncateFrom, ViewMark
+from protocol.messages import (
+    Append,
+    AppendReply,
+    ClientRequest,
+    CustomerRecord,
+    ErrorCode,
+    ErrorReply,
+    LaptopInfo,
+    RecordList,
+    SnapshotChunk,
+    View,
+    ViewReply,
+)
+
+S = ReplicaSettings(heartbeat=0.05, lease=0.4, failure_timeout=0.5, retransmit=0.1, batch_max_entries=4, snapshot_every=1000)
+V1 = View(1, 1, frozenset({2, 3}))
+
+
+def make(node_id: int = 1, view: View | None = V1, recovered: Recovered | None = None, settings: ReplicaSettings = S, now: float = 0.0) -> Replica:
+    rep = Replica(node_id, settings, recovered or Recovered(), incarnation=100 + node_id)
+    if view is not None:
+        rep.on_view_reply(ViewReply(view), now, sent_at=now)
+        rep.flush(now)
+        rep.outbox.clear()
+    return rep
+
+
+def drain(rep: Replica, now: float):
+    out = rep.flush(now)
+    persist, messages, replies = list(out.persist), list(out.messages), list(out.replies)
+    out.clear()
+    return persist, messages, replies
+
+
+def order(req_id: int, customer: int, number: int) -> ClientRequest:
+    return ClientRequest(req_id, 1, customer, number)
+
+
+def test_view_reply_makes_roles_and_persists_view_number():
+    rep = Replica(2, S, Recovered(), incarnation=7)
+    assert rep.role is Role.IDLE
+    rep.on_view_reply(ViewReply(V1), 0.0, sent_at=0.0)
+    assert rep.role is Role.BACKUP
+    assert rep.flush(0.0).persist == [ViewMark(1)]
+
+
+def test_idle_node_redirects_without_hint():
+    rep = Replica(1, S, Recovered(), incarnation=1)
+    rep.on_client_request("c", order(5, 1, 1), 0.0)
+    (_, _, replies) = drain(rep, 0.0)
+    assert replies == [("c", ErrorReply(5, ErrorCode.NOT_PRIMARY, 0, "node 1 is not primary"))]
+
+
+def test_backup_redirects_to_primary():
+    rep = make(2)
+    rep.on_client_request("c", order(5, 1, 1), 0.0)
+    _, _, replies = drain(rep, 0.0)
+    assert replies[0][1].code == ErrorCode.NOT_PRIMARY and replies[0][1].hint == 1
+
+
+def test_primary_batches_a_turn_into_one_append_per_backup_and_commits_on_all_acks():
+    rep = make(1)
+    rep.on_client_request("a", order(1, 10, 0), 0.01)
+    rep.on_client_request("b", order(2, 11, 0), 0.01)
+    persist, messages, replies = drain(rep, 0.01)
+    entries = ((1, 10, 0, 1), (1, 11, 0, 1))
+    assert persist == [AppendEntries(1, entries)]
+    assert sorted(messages, key=lambda m: m[0]) == [
+        (2, Append(V1, 1, 0, 0, 0, entries)),
+        (3, Append(V1, 1, 0, 0, 0, entries)),
+    ]
+    assert replies == []
+    rep.on_message(AppendReply(1, 2, True, 2, 102), 0.02)
+    assert drain(rep, 0.02)[2] == []  # one backup is not enough
+    rep.on_message(AppendReply(1, 3, True, 2, 103), 0.02)
+    persist, _, replies = drain(rep, 0.02)
+    assert persist == [CommitMark(2)]
+    assert replies == [("a", LaptopInfo(1, 10, 0, 1, 1, 1)), ("b", LaptopInfo(2, 11, 0, 1, 1, 1))]
+    assert rep.book.records == {10: 0, 11: 0}
+
+
+def test_retried_order_is_not_appended_twice():
+    rep = make(1, View(1, 1, frozenset()))
+    rep.on_client_request("a", order(1, 10, 3), 0.01)
+    assert drain(rep, 0.01)[2] == [("a", LaptopInfo(1, 10, 3, 1, 1, 1))]
+    rep.on_client_request("a2", order(9, 10, 3), 0.02)
+    persist, _, replies = drain(rep, 0.02)
+    assert persist == []
+    assert replies == [("a2", LaptopInfo(9, 10, 3, 1, 1, 1))]
+    assert rep.log.last_index == 1
+
+
+def test_retry_of_an_order_in_flight_waits_with_it():
+    rep = make(1)
+    rep.on_client_request("a", order(1, 10, 3), 0.01)
+    drain(rep, 0.01)
+    rep.on_client_request("a-retry", order(1, 10, 3), 0.02)
+    assert drain(rep, 0.02)[0] == []  # nothing new appended
+    for b in (2, 3):
+        rep.on_message(AppendReply(1, b, True, 1, 100 + b), 0.03)
+    replies = drain(rep, 0.03)[2]
+    assert [c for c, _ in replies] == ["a", "a-retry"]
+
+
+def test_reads_need_a_lease_and_see_committed_state():
+    rep = make(1, View(1, 1, frozenset()))
+    rep.on_client_request("w", order(1, 4, 7), 0.1)
+    drain(rep, 0.1)
+    rep.on_client_request("r", ClientRequest(2, 2, 4), 0.2)
+    rep.on_client_request("r2", ClientRequest(3, 2, 5), 0.2)
+    rep.on_client_request("bulk", ClientRequest(4, 3, 0, 10), 0.2)
+    assert drain(rep, 0.2)[2] == [
+        ("r", CustomerRecord(2, 4, 7)),
+        ("r2", CustomerRecord(3, -1, -1)),
+        ("bulk", RecordList(4, ((4, 7),))),
+    ]
+    rep.on_client_request("late", ClientRequest(5, 2, 4), 0.5)  # lease (0.4 s from the ping) ran out
+    reply = drain(rep, 0.5)[2][0][1]
+    assert reply.code == ErrorCode.UNAVAILABLE
+
+
+def test_bulk_read_limits():
+    rep = make(1, View(1, 1, frozenset()), settings=ReplicaSettings(max_bulk_read=10))
+    rep.on_client_request("x", ClientRequest(1, 3, 0, 11), 0.0)
+    rep.on_client_request("y", ClientRequest(2, 3, 5, 4), 0.0)
+    codes = [r.code for _, r in drain(rep, 0.0)[2]]
+    assert codes == [ErrorCode.TOO_LARGE, ErrorCode.BAD_REQUEST]
+
+
+def test_backup_appends_in_order_and_applies_up_to_commit():
+    rep = make(2)
+    entries = ((1, 10, 0, 1), (1, 11, 0, 1))
+    rep.on_message(Append(V1, 1, 0, 0, 0, entries), 0.0)
+    persist, messages, _ = drain(rep, 0.0)
+    assert persist == [AppendEntries(1, entries)]
+    assert messages == [(1, AppendReply(1, 2, True, 2, 102))]
+    rep.on_message(Append(V1, 1, 2, 1, 2, ()), 0.01)
+    persist, messages, _ = drain(rep, 0.01)
+    assert persist == [CommitMark(2)]
+    assert messages == [(1, AppendReply(1, 2, True, 2, 102))]
+    assert rep.book.records == {10: 0, 11: 0}
+
+
+def test_backup_with_a_gap_says_which_index_it_needs():
+    rep = make(2)
+    rep.on_message(Append(V1, 1, 5, 1, 0, ((1, 1, 1, 1),)), 0.0)
+    assert drain(rep, 0.0)[1] == [(1, AppendReply(1, 2, False, 1, 102))]
+
+
+def test_backup_ignores_appends_from_a_node_that_is_not_its_primary():
+    rep = make(2)
+    rep.on_message(Append(V1, 3, 0, 0, 0, ((1, 1, 1, 3),)), 0.0)
+    assert drain(rep, 0.0) == ([], [], [])
+
+
+def test_backup_fences_an_older_view():
+    rep = make(2, View(3, 3, frozenset({2})))
+    rep.on_message(Append(V1, 1, 0, 0, 0, ((1, 1, 1, 1),)), 0.0)
+    persist, messages, _ = drain(rep, 0.0)
+    assert persist == []
+    assert messages == [(1, AppendReply(3, 2, False, 1, 102))]
+
+
+def test_backup_truncates_a_conflicting_suffix_back_to_its_commit():
+    rep = make(2)
+    rep.on_message(Append(V1, 1, 0, 0, 1, ((1, 1, 0, 1), (1, 2, 0, 1), (1, 3, 0, 1))), 0.0)
+    drain(rep, 0.0)
+    assert rep.commit_index == 1
+    v2 = View(2, 3, frozenset({2}))
+    rep.on_message(Append(v2, 3, 3, 2, 1, ()), 0.1)  # new primary's entry 3 is from view 2
+    persist, messages, _ = drain(rep, 0.1)
+    assert persist == [ViewMark(2), TruncateFrom(2)]
+    assert messages == [(3, AppendReply(2, 2, False, 2, 102))]
+    assert rep.log.last_index == 1
+
+
+def test_primary_backs_up_when_a_backup_needs_earlier_entries():
+    rep = make(1, View(1, 1, frozenset({2})))
+    for i in range(3):
+        rep.on_client_request(i, order(i, i, 0), 0.0)
+    drain(rep, 0.0)
+    rep.on_message(AppendReply(1, 2, False, 2, 102), 0.01)
+    _, messages, _ = drain(rep, 0.01)
+    assert messages == [(2, Append(View(1, 1, frozenset({2})), 1, 1, 1, 0, ((1, 1, 0, 1), (1, 2, 0, 1))))]
+
+
+def test_deposed_primary_steps_down_and_redirects_waiting_clients():
+    rep = make(1)
+    rep.on_client_request("a", order(1, 10, 0), 0.0)
+    drain(rep, 0.0)
+    rep.on_view_reply(ViewReply(View(2, 2, frozenset({3}))), 0.1, sent_at=0.1)
+    _, _, replies = drain(rep, 0.1)
+    assert rep.role is Role.LEARNER
+    assert replies == [("a", ErrorReply(1, ErrorCode.NOT_PRIMARY, 2, "primary changed"))]
+
+
+def test_new_primary_syncs_backups_before_serving_reads():
+    # Node 2 holds entry 1 uncommitted (it may have been acknowledged by the old primary).
+    rep = make(2)
+    rep.on_message(Append(V1, 1, 0, 0, 0, ((1, 5, 9, 1),)), 0.0)
+    drain(rep, 0.0)
+    v2 = View(2, 2, frozenset({3}))
+    rep.on_view_reply(ViewReply(v2), 0.5, sent_at=0.5)
+    _, messages, _ = drain(rep, 0.5)
+    assert messages == [(3, Append(v2, 2, 1, 1, 0, ()))]
+    rep.on_client_request("r", ClientRequest(7, 2, 5), 0.5)
+    assert drain(rep, 0.5)[2] == []  # parked until entry 1 is committed in view 2
+    rep.on_message(AppendReply(2, 3, True, 1, 103), 0.51)
+    assert drain(rep, 0.51)[2] == [("r", CustomerRecord(7, 5, 9))]
+
+
+def test_learner_catches_up_then_is_proposed_and_counted():
+    rep = make(1, View(1, 1, frozenset()))
+    rep.on_client_request("a", order(1, 1, 1), 0.0)
+    drain(rep, 0.0)
+    rep.on_view_reply(ViewReply(View(1, 1, frozenset()), frozenset({2})), 0.05, sent_at=0.05)
+    _, messages, _ = drain(rep, 0.05)
+    assert messages == [(2, Append(View(1, 1, frozenset()), 1, 1, 1, 1, ()))]
+    rep.on_message(AppendReply(1, 2, False, 1, 102), 0.06)
+    _, messages, _ = drain(rep, 0.06)
+    assert messages == [(2, Append(View(1, 1, frozenset()), 1, 0, 0, 1, ((1, 1, 1, 1),)))]
+    rep.on_message(AppendReply(1, 2, True, 1, 102), 0.07)
+    rep.on_tick(0.07)
+    assert rep.make_ping().add == ((2, 102),)
+    # From now on the learner's ack is required for commits.
+    rep.on_client_request("b", order(2, 1, 2), 0.08)
+    assert drain(rep, 0.08)[2] == []
+    rep.on_message(AppendReply(1, 2, True, 2, 102), 0.09)
+    assert [c for c, _ in drain(rep, 0.09)[2]] == ["b"]
+
+
+def test_snapshot_is_taken_on_tick_and_sent_to_a_learner_that_needs_old_entries():
+    settings = ReplicaSettings(snapshot_every=2, batch_max_entries=4, lease=0.4)
+    rep = make(1, View(1, 1, frozenset()), settings=settings)
+    for i in range(3):
+        rep.on_client_request(i, order(i, i, 0), 0.0)
+    drain(rep, 0.0)
+    rep.on_tick(0.01)
+    persist, _, _ = drain(rep, 0.01)
+    assert isinstance(persist[0], SnapshotRecord) and persist[0].index == 3
+    assert rep.log.base_index == 3
+    rep.on_view_reply(ViewReply(View(1, 1, frozenset()), frozenset({2})), 0.05, sent_at=0.05)
+    drain(rep, 0.05)
+    rep.on_message(AppendReply(1, 2, False, 1, 102), 0.06)
+    _, messages, _ = drain(rep, 0.06)
+    chunk = messages[0][1]
+    assert isinstance(chunk, SnapshotChunk) and chunk.snap_index == 3
+
+    learner = make(2, View(1, 1, frozenset()), settings=settings)
+    learner.on_message(chunk, 0.07)
+    persist, messages, _ = drain(learner, 0.07)
+    assert isinstance(persist[-1], SnapshotRecord)
+    assert messages == [(1, AppendReply(1, 2, True, 3, 102))]
+    assert learner.book.records == rep.book.records
+
+
+def test_restart_recovers_committed_state_from_storage():
+    book = OrderBook()
+    book.apply((1, 1, 5, 1))
+    rec = Recovered(snapshot_index=1, snapshot_view=1, snapshot_data=book.serialize(), entries=[(1, 2, 6, 1), (1, 3, 7, 1)], commit_index=2, view_number=1, fresh=False)
+    rep = Replica(1, S, rec, incarnation=9)
+    assert rep.commit_index == 2 and rep.applied_index == 2
+    assert rep.book.records == {1: 5, 2: 6}
+    assert rep.make_ping().durable is True
+    assert rep.make_ping().last_index == 3
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x00", b"garbage"])
+def test_snapshot_with_bad_bytes_is_discarded(payload):
+    learner = make(2, View(1, 1, frozenset()))
+    learner.on_message(SnapshotChunk(View(1, 1, frozenset()), 1, 3, 1, 0, len(payload), payload), 0.0)
+    assert drain(learner, 0.0)[1] == []
+    assert learner.commit_index == 0
+
+
+def test_node_that_never_heard_from_the_view_service_ignores_appends():
+    # A wiped node knows no view; adopting a deposed primary's old view from its append would
+    # let that primary count it as a backup.  Only the view service gives a first view.
+    rep = Replica(3, S, Recovered(), incarnation=5)
+    rep.on_message(Append(V1, 1, 0, 0, 0, ((1, 1, 1, 1),)), 0.0)
+    assert drain(rep, 0.0) == ([], [], [])
+    assert rep.role is Role.IDLE and rep.log.last_index == 0
+
+
+def test_primary_stops_counting_a_backup_that_restarted():
+    rep = make(1, View(1, 1, frozenset({2})))
+    rep.on_client_request("a", order(1, 1, 1), 0.0)
+    drain(rep, 0.0)
+    rep.on_message(AppendReply(1, 2, False, 1, 102), 0.01)  # first contact: incarnation 102
+    drain(rep, 0.01)
+    rep.on_message(AppendReply(1, 2, True, 1, 999), 0.02)  # a new process answers for node 2
+    assert drain(rep, 0.02)[2] == []  # not committed on its word
+    assert rep.make_ping().remove == frozenset({2})
