@@ -102,7 +102,7 @@ def remove_pid_file(path: Path, expected_pid: int | None = None) -> bool:
     try:
         path.unlink()
         return True
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
 
 

@@ -635,8 +635,25 @@ class Supervisor:
         self.shutdown()
 
     def shutdown(self) -> None:
-        """Stop every node (SIGTERM, SIGKILL after the grace period), clean up pid files, answer
-        the `down` requests, close the sockets."""
+        """Stop every node, clean up pid files, then -- whatever happened -- answer the `down`
+        requests and close the sockets (a CLI waiting for its reply must not hang)."""
+        reply = error("the supervisor failed while stopping its nodes; see supervisor.log")
+        try:
+            killed = self.stop_all_nodes()
+            try:
+                for node_id in self.nodes:
+                    procs.remove_pid_file(procs.node_pid_path(self.data_dir, node_id))
+                self.persist_view()
+            except OSError as exc:
+                log.error("cleanup after down: %s", exc)
+            reply = ok(message=f"stopped {len(self.nodes)} nodes", killed=killed)
+        finally:
+            self.answer_and_close(reply)
+        log.info("stopped")
+
+    def stop_all_nodes(self) -> list[int]:
+        """SIGTERM every node, SIGKILL those still alive after the grace period; returns the ids
+        that had to be killed."""
         for node in self.nodes.values():
             node.restart_at = None
             if node.running:
@@ -661,16 +678,12 @@ class Supervisor:
         if killed:
             log.warning("nodes %s ignored SIGTERM for %.0f s and were killed", killed, STOP_GRACE_S)
         self.reap(time.monotonic())
-        for node_id in self.nodes:
-            procs.remove_pid_file(procs.node_pid_path(self.data_dir, node_id))
-        try:
-            self.persist_view()
-        except OSError as exc:
-            log.error("could not persist the view: %s", exc)
-        reply = ok(message=f"stopped {len(self.nodes)} nodes", killed=killed)
+        return killed
+
+    def answer_and_close(self, reply: dict) -> None:
         for envelope in self.down_envelopes:
             self.send_control(envelope, reply)
-        # Drain what queued meanwhile so those clients get an answer instead of a timeout.
+        # Answer what queued meanwhile, so those clients get a reply instead of a timeout.
         if self.control is not None:
             while True:
                 try:
@@ -685,7 +698,6 @@ class Supervisor:
         if self.control is not None:
             self.control.close(linger=DOWN_REPLY_LINGER_MS)
         self.ctx.term()
-        log.info("stopped")
 
 
 class PortInUse(Exception):
