@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+import psutil
+
 from orchestrator import procs
 from orchestrator.control import SCHEMA_VERSION, ControlError, request
 from protocol.config import ClusterConfig, ConfigError, dump_config, load_config, with_overrides
@@ -73,17 +75,27 @@ class Cluster:
 
 def resolve_cluster(args: argparse.Namespace, *, for_up: bool = False) -> Cluster:
     """Pick the config and data dir (see the module docstring)."""
+    explicit_dir = args.data_dir or os.environ.get(DATA_DIR_ENV)
+    if explicit_dir and not for_up:
+        # The cluster's own config decides; ./cluster.toml is not even read (it may be mid-edit).
+        data_dir = absolute(explicit_dir)
+        if (data_dir / "cluster.toml").is_file():
+            return Cluster(load_config(data_dir / "cluster.toml"), data_dir, data_dir / "cluster.toml")
     config_path: Path | None = args.config
     if config_path is None and Path("cluster.toml").is_file():
         config_path = Path("cluster.toml")
     cfg = load_config(config_path)
-    raw_dir = args.data_dir or os.environ.get(DATA_DIR_ENV) or cfg.data_dir
-    data_dir = Path(raw_dir).expanduser()
-    data_dir = (data_dir if data_dir.is_absolute() else Path.cwd() / data_dir).resolve()
+    data_dir = absolute(explicit_dir or cfg.data_dir)
     if not for_up and (data_dir / "cluster.toml").is_file():
         config_path = data_dir / "cluster.toml"
         cfg = load_config(config_path)
     return Cluster(cfg, data_dir, config_path)
+
+
+def absolute(path: str | Path) -> Path:
+    """A data dir as given (relative to the cwd), made absolute: child processes run elsewhere."""
+    p = Path(path).expanduser()
+    return (p if p.is_absolute() else Path.cwd() / p).resolve()
 
 
 def say(msg: str) -> None:
@@ -183,14 +195,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         sup_log,
         new_session=True,
     )
+    started = Started(proc, time.time())
     try:
-        status = wait_ready(cl, proc)
+        status = wait_ready(cl, started)
     except BaseException as exc:  # including Ctrl-C while waiting: never leave a half cluster
         if isinstance(exc, CliError):
             warn(str(exc))
             show_logs(cl)
         warn("stopping what was started")
-        stop_started(cl, proc)
+        stop_started(cl, started)
         if isinstance(exc, CliError):
             return 1
         raise
@@ -200,9 +213,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     return foreground(cl)
 
 
-def wait_ready(cl: Cluster, proc: subprocess.Popen) -> dict:
+@dataclass
+class Started:
+    """What one `up` started, so a failed `up` stops exactly that and nothing of another
+    cluster (a concurrent `up` on the same data dir, say)."""
+
+    proc: subprocess.Popen  # the supervisor
+    at: float  # wall-clock spawn time
+    node_pids: set[int] = dataclasses.field(default_factory=set)  # reported by *our* supervisor
+
+
+def wait_ready(cl: Cluster, started: Started) -> dict:
     """Poll status until the cluster is ready (then, within the same deadline, until every node is
     in the view); fail early when the supervisor or a node died."""
+    proc = started.proc
     timeout = cl.cfg.supervisor.startup_timeout_ms / 1000.0
     deadline = time.monotonic() + timeout
     last: dict | None = None
@@ -210,9 +234,12 @@ def wait_ready(cl: Cluster, proc: subprocess.Popen) -> dict:
         if proc.poll() is not None:
             raise CliError(f"the supervisor exited during startup ({procs.describe_exit(proc.returncode)})")
         try:
-            last = request(cl.cfg.supervisor.control_endpoint, {"cmd": "status"}, 0.5)
+            reply = request(cl.cfg.supervisor.control_endpoint, {"cmd": "status"}, 0.5)
+            if reply.get("ok") and reply.get("supervisor", {}).get("pid") == proc.pid:
+                last = reply
+                started.node_pids |= {n["pid"] for n in reply["nodes"] if n.get("pid")}
         except ControlError:
-            last = last if last and last.get("ok") else None
+            pass
         if last and last.get("ok"):
             if not cl.cfg.supervisor.auto_restart:
                 for node in last["nodes"]:
@@ -252,9 +279,15 @@ def show_logs(cl: Cluster, lines: int = 15) -> None:
                 warn(f"    {line}")
 
 
-def stop_started(cl: Cluster, proc: subprocess.Popen) -> None:
-    """Undo a failed `up`: ask the supervisor to go down, else kill it and its nodes by pid."""
+def stop_started(cl: Cluster, started: Started) -> None:
+    """Undo a failed `up`: ask the supervisor to go down, else kill it; then kill, by verified
+    pid, any node it started that is still alive."""
+    proc = started.proc
     if proc.poll() is None:
+        try:
+            started.node_pids |= {c.pid for c in psutil.Process(proc.pid).children()}
+        except psutil.Error:
+            pass
         try:
             request(cl.cfg.supervisor.control_endpoint, {"cmd": "down"}, DOWN_TIMEOUT)
         except ControlError:
@@ -263,10 +296,19 @@ def stop_started(cl: Cluster, proc: subprocess.Popen) -> None:
             proc.wait(timeout=5.0)
         except subprocess.TimeoutExpired:
             procs.terminate_popen(proc, grace=5.0)
-    leftovers = live_nodes(cl)
+    # Nodes our supervisor started but never reported (it died early) were born after it.
+    for pid in live_nodes(cl).values():
+        try:
+            if psutil.Process(pid).create_time() >= started.at - 1.0:
+                started.node_pids.add(pid)
+        except psutil.Error:
+            pass
+    leftovers = {p for p in started.node_pids if procs.is_ours(p, "node", cl.data_dir)}
     if leftovers:
-        procs.terminate_pids(set(leftovers.values()))
+        procs.terminate_pids(leftovers)
     procs.remove_pid_file(procs.supervisor_pid_path(cl.data_dir), expected_pid=proc.pid)
+    for node_id, path in procs.node_pid_paths(cl.data_dir).items():
+        procs.check_pid_file(path, "node", cl.data_dir, node_id)  # drop the now-stale files
 
 
 def print_endpoints(cl: Cluster, status: dict, sup_pid: int) -> None:
@@ -281,22 +323,20 @@ def print_endpoints(cl: Cluster, status: dict, sup_pid: int) -> None:
 
 
 def foreground(cl: Cluster) -> int:
-    """Print one status line every 2 s until Ctrl-C (or SIGTERM), then take the cluster down."""
+    """Print one status line every 2 s until Ctrl-C (or SIGTERM/SIGHUP), then take the cluster
+    down: a foreground cluster lives exactly as long as its terminal session."""
 
     def interrupt(signum: int, frame: Any) -> NoReturn:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)  # the terminal went away: same as Ctrl-C
     say("Ctrl-C stops the cluster")
-    failures = 0
     try:
         while True:
             try:
-                status = supervisor_request(cl, {"cmd": "status"})
-                failures = 0
-                say(status_line(status))
+                say(status_line(supervisor_request(cl, {"cmd": "status"})))
             except (ControlError, CliError) as exc:
-                failures += 1
                 warn(str(exc))
                 if live_supervisor(cl) is None:
                     warn("the supervisor is gone")
@@ -304,7 +344,7 @@ def foreground(cl: Cluster) -> int:
             time.sleep(FOREGROUND_PERIOD)
     except KeyboardInterrupt:
         say("")
-        return 0 if down(cl, purge=False) else 1
+        return 0 if down(cl) else 1
 
 
 def status_line(status: dict) -> str:
@@ -328,7 +368,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     cl = resolve_cluster(args)
     require_running(cl)
     status = supervisor_request(cl, {"cmd": "status"})
-    all_up = all(n["state"] == "up" for n in status["nodes"])
+    all_up = all(n["state"] in ("up", "catching up") for n in status["nodes"])
     if args.json:
         print_json({k: v for k, v in status.items() if k != "schema_version"})
         return 0 if all_up else 1
@@ -337,9 +377,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     say(f"cluster {status.get('cluster', cl.cfg.name)!r} in {cl.shown}: view {view['number']}, "
         f"primary {view['primary'] or 'none'}, backups {backups}; "
         f"{'ready' if status['ready'] else 'NOT ready'}")
-    rows = [[fmt_cell(n.get(key)) for _, key in COLUMNS] for n in status["nodes"]]
+    rows = [[fmt_cell(state_cell(n) if key == "state" else n.get(key)) for _, key in COLUMNS] for n in status["nodes"]]
     print_table([h for h, _ in COLUMNS], rows)
     return 0 if all_up else 1
+
+
+def state_cell(node: dict) -> str:
+    """A learner's state carries how far it has come: "catching up 42%"."""
+    pct = node.get("catch_up_percent")
+    return f"{node['state']} {pct:.0f}%" if pct is not None else node["state"]
 
 
 def fmt_cell(value: Any) -> str:
@@ -352,7 +398,7 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(box=None, header_style="bold")
+        table = Table(box=None, header_style="bold", pad_edge=False)
         for h in headers:
             table.add_column(h, justify="left" if h in ("role", "state") else "right")
         for row in rows:
@@ -501,7 +547,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     cl = resolve_cluster(args)
-    was_running = down(cl, purge=args.purge)
+    was_running = down(cl)
     if args.purge:
         purge(cl)
     if not was_running:
@@ -509,7 +555,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def down(cl: Cluster, *, purge: bool) -> bool:
+def down(cl: Cluster) -> bool:
     """Stop the cluster in `cl.data_dir`; False when nothing was running.  Waits until every
     process it knows of (supervisor, nodes from pid files and from the last status) is gone."""
     sup_pid = live_supervisor(cl)
@@ -545,6 +591,7 @@ def down(cl: Cluster, *, purge: bool) -> bool:
     for node_id, path in procs.node_pid_paths(cl.data_dir).items():
         procs.check_pid_file(path, "node", cl.data_dir, node_id)  # removes the now-stale files
     still = procs.wait_gone(known | ({sup_pid} if sup_pid else set()), 5.0)
+    still = {p for p in still if procs.is_ours(p, "node", cl.data_dir) or procs.is_ours(p, "supervisor", cl.data_dir)}
     if still:
         raise CliError(f"process(es) {', '.join(map(str, sorted(still)))} are still running")
     say(f"cluster in {cl.shown} is down")
@@ -711,6 +758,13 @@ def build_parser() -> Parser:
 
     p = add("node", cmd_node, "run one node in the foreground")
     p.add_argument("--id", type=positive_int, required=True, metavar="N")
+
+    from orchestrator import simulator
+
+    help = "run the deterministic simulator over many seeds (no processes, no sockets)"
+    p = sub.add_parser("sim", help=help, description=help)
+    simulator.add_arguments(p)
+    p.set_defaults(func=simulator.run_from_args)
     return parser
 
 

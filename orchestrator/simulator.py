@@ -538,15 +538,23 @@ def run_seed(seed: int, cfg: SimConfig | None = None, verbose: bool = False) -> 
         ) from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lfctl sim", description="Run the deterministic simulator over many seeds.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Shared by `python -m orchestrator.simulator` and `lfctl sim`."""
     parser.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
     parser.add_argument("--seed", type=int, default=None, help="run just this seed")
     parser.add_argument("--start", type=int, default=0, help="first seed")
-    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--nodes", type=int, default=3, choices=range(1, 10), metavar="N")
     parser.add_argument("--durability", choices=("wal", "memory"), default="wal")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every event of the run")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lfctl sim", description="Run the deterministic simulator over many seeds.")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
     seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
     cfg = SimConfig(nodes=args.nodes, durability=args.durability)
     totals: dict[str, int] = {}

@@ -51,6 +51,7 @@ MAX_BATCH = 256  # messages drained from one socket per loop turn, so no socket 
 DOWN_REPLY_LINGER_MS = 2000  # the `down` reply must leave before the process exits
 
 STARTING, UP, PAUSED, DOWN, CRASHED = "starting", "up", "paused", "down", "crashed"
+CATCHING_UP = "catching up"  # shown for a live node outside the view; not a process state
 
 
 @dataclass
@@ -69,6 +70,7 @@ class NodeProc:
     on_exit: list[Callable[[], None]] = field(default_factory=list)
     crash_streak: int = 0  # crashes since it was last up; sets the auto-restart backoff
     error: str | None = None  # why it crashed, when known (its last stderr line)
+    dead_incarnation: int | None = None  # a ping of this incarnation is a late message of a dead process
     restart_at: float | None = None  # scheduled automatic restart
 
     @property
@@ -95,6 +97,7 @@ class Supervisor:
         self.telemetry: dict[str, tuple[float, dict]] = {}
         self.stop_reason: str | None = None
         self.core_failures = 0
+        self.persist_failures = 0
         self.down_envelopes: list[list[bytes]] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -226,6 +229,8 @@ class Supervisor:
                 continue
             code = proc.returncode
             node.exit_code = code
+            last = self.vs.last_ping.get(node.node_id) if self.vs is not None else None
+            node.dead_incarnation = last.incarnation if last is not None else None
             node.proc = None
             node.ps = None
             node.kill_at = None
@@ -266,14 +271,28 @@ class Supervisor:
 
     # ------------------------------------------------------------------ view persistence
 
-    def persist_view(self) -> None:
+    def persist_view(self) -> bool:
         """Write the view service's state (view + member incarnations) to DIR/view.json if it
-        changed: tmp file, fsync, rename, fsync dir."""
+        changed: tmp file, fsync, rename, fsync dir.  False when that failed (disk full...): the
+        caller then holds back replies, and the next call tries again."""
         assert self.vs is not None
         state = self.vs.to_json()
         if state == self.saved_state:
-            return
-        view = self.vs.view
+            return True
+        try:
+            self._write_view_file(state)
+        except OSError as exc:
+            self.persist_failures += 1
+            if self.persist_failures <= 10 or self.persist_failures % 1000 == 0:
+                log.error("cannot persist view %s: %s (%d failures so far)", fmt_view(self.vs.view), exc,
+                          self.persist_failures)
+            return False
+        if self.saved_state is None or self.saved_state.get("view") != state["view"]:
+            log.info("view %s", fmt_view(self.vs.view))
+        self.saved_state = state
+        return True
+
+    def _write_view_file(self, state: dict) -> None:
         path = self.data_dir / "view.json"
         tmp = path.with_name(".view.json.tmp")
         data = json.dumps(state, sort_keys=True).encode()
@@ -289,9 +308,6 @@ class Supervisor:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        if self.saved_state is None or self.saved_state.get("view") != state["view"]:
-            log.info("view %s", fmt_view(view))
-        self.saved_state = state
 
     # ------------------------------------------------------------------ sockets
 
@@ -318,6 +334,8 @@ class Supervisor:
             if node is None:
                 log.warning("view service: dropped a ping from unknown node %d", ping.node_id)
                 continue
+            if ping.incarnation == node.dead_incarnation:
+                continue  # sent before the process died: it must not count as alive again
             try:
                 reply = self.vs.on_ping(ping, now)
             except Exception:  # the core must never take the supervisor down
@@ -329,7 +347,8 @@ class Supervisor:
                 node.state = UP
                 node.crash_streak = 0
                 log.info("node %d: up (pid %s)", node.node_id, node.pid)
-            self.persist_view()  # before the reply can carry the new view
+            if not self.persist_view():  # before the reply can carry the new view
+                continue  # a view that is not on disk must not be handed out
             self.view_sock.send_multipart([*envelope, encode(reply)])
 
     def on_telemetry(self, now: float) -> None:
@@ -567,13 +586,21 @@ class Supervisor:
                 pass
         last_index = ping.last_index if ping else None
         lag = None
+        progress = None
         if primary_ping is not None and last_index is not None:
             lag = max(0, primary_ping.last_index - last_index)
+        state = node.state
+        if role == "learner":
+            # Outside the view while alive: it is catching up from the primary.
+            state = CATCHING_UP
+            if primary_ping is not None and last_index is not None:
+                progress = round(100.0 * min(last_index, primary_ping.last_index) / max(primary_ping.last_index, 1), 1)
         return {
             "id": node.node_id,
             "pid": node.pid,
             "role": role,
-            "state": node.state,
+            "state": state,
+            "catch_up_percent": progress,
             "exit_code": node.exit_code,
             "error": node.error,
             "view": ping.view_number if ping else None,
@@ -725,7 +752,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.supervisor", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path, help="the effective cluster.toml")
     parser.add_argument("--data-dir", required=True, type=Path)
-    parser.add_argument("--node-module", default="node", help=argparse.SUPPRESS)  # test seam
     args = parser.parse_args(argv)
 
     try:
@@ -747,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"supervisor: {msg}", file=sys.stderr)
         return 1
 
-    sup = Supervisor(cfg, args.config, data_dir, node_module=args.node_module)
+    sup = Supervisor(cfg, args.config, data_dir)
     try:
         sup.bind()
     except PortInUse as exc:

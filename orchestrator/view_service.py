@@ -209,10 +209,11 @@ class ViewService:
         One that is still the admitted process, or that restarted with its log recovered from
         disk, holds everything it acknowledged and may serve; anyone else would lose data."""
         view = self.view
-        able = [n for n in view.backups if self._in_sync(n, now)]
+        heard = [n for n in view.backups if n in self.seen]  # the benefit of the doubt is not enough to serve
+        able = [n for n in heard if self._in_sync(n, now)]
         reason = "member {} is back in sync"
         if not able:
-            able = [n for n in view.backups if self.is_alive(n, now) and self.seen[n].ping.durable]
+            able = [n for n in heard if self.is_alive(n, now) and self.seen[n].ping.durable]
             reason = "member {} recovered its log from disk"
         if not able:
             return

@@ -21,7 +21,7 @@ from orchestrator import procs
 from orchestrator.control import request
 from protocol.codec import decode_json, encode_json
 from protocol.messages import CustomerRecord
-from tests.conftest import ClusterHandle, processes_using, wait_for
+from tests.conftest import PYTHON, ClusterHandle, lfctl_env, processes_using, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -313,8 +313,6 @@ def test_failed_up_shows_the_logs_and_cleans_up(cluster_factory):
 
 def test_foreground_up_stops_the_cluster_on_ctrl_c(cluster_factory):
     handle = cluster_factory(3)
-    from tests.conftest import PYTHON, lfctl_env
-
     proc = subprocess.Popen([PYTHON, "-m", "orchestrator.cli", "up", "--nodes", "3", "--base-port", str(handle.base_port),
                              "--data-dir", str(handle.data_dir)], cwd=handle.cwd, env=lfctl_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,0 +1,144 @@
+"""Step tests of the sans-IO view service: pings and exits in, views out."""
+
+from __future__ import annotations
+
+from orchestrator.view_service import ViewService, view_from_json, view_to_json
+from protocol.messages import NO_NODE, Ping, View
+
+FT = 0.5
+
+
+def ping(node: int, inc: int | None = None, *, view: int = 0, last: int = 0, last_view: int = 0, durable: bool = True, add=(), remove=frozenset()) -> Ping:
+    return Ping(node, inc if inc is not None else 100 + node, view, last, last_view, 0, 0, durable, tuple(add), frozenset(remove))
+
+
+def started(nodes=(1, 2, 3), now: float = 0.0) -> ViewService:
+    vs = ViewService(nodes, failure_timeout=FT, now=now)
+    for n in nodes:
+        vs.on_ping(ping(n), now)
+    assert vs.view == View(1, 1, frozenset(set(nodes) - {1}))
+    return vs
+
+
+def test_bootstrap_waits_for_every_node_then_picks_node_1():
+    vs = ViewService([1, 2, 3], failure_timeout=FT, now=0.0)
+    assert vs.on_ping(ping(2), 0.0).view.number == 0
+    assert vs.on_ping(ping(3), 0.0).view.number == 0
+    reply = vs.on_ping(ping(1), 0.01)
+    assert reply.view == View(1, 1, frozenset({2, 3}))
+
+
+def test_bootstrap_goes_ahead_without_a_missing_node_and_prefers_the_longest_log():
+    vs = ViewService([1, 2, 3], failure_timeout=FT, now=0.0)
+    t = 0.0
+    while t < 10 * FT:
+        vs.on_ping(ping(1, last=5, last_view=1), t)
+        vs.on_ping(ping(2, last=9, last_view=1), t)
+        assert vs.view.number == 0, "started before node 3 had its chance"
+        t += 0.25
+    vs.on_tick(t)
+    assert vs.view == View(1, 2, frozenset({1}))
+
+
+def test_dead_backup_is_dropped_after_the_failure_timeout():
+    vs = started()
+    for t in (0.2, 0.4):
+        vs.on_ping(ping(1, view=1), t)
+        vs.on_ping(ping(2, view=1), t)
+    vs.on_tick(0.49)
+    assert vs.view.number == 1
+    vs.on_tick(0.5)
+    assert vs.view == View(2, 1, frozenset({2}))
+
+
+def test_dead_primary_is_replaced_by_the_in_sync_backup_with_the_longest_log():
+    vs = started()
+    vs.on_ping(ping(2, view=1, last=7, last_view=1), 0.3)
+    vs.on_ping(ping(3, view=1, last=9, last_view=1), 0.3)
+    vs.on_node_exited(1, 0.31)  # the supervisor saw it exit: no timeout needed
+    assert vs.view == View(2, 3, frozenset({2}))
+    assert vs.changes[-1].reason.startswith("primary 1 failed, promoted 3")
+
+
+def test_restarted_backup_is_no_longer_in_sync():
+    vs = started()
+    reply = vs.on_ping(ping(2, inc=999, view=0), 0.1)
+    assert reply.view == View(2, 1, frozenset({3}))
+    assert reply.learners == frozenset({2})
+
+
+def test_learner_is_admitted_only_on_the_primarys_request_with_its_incarnation():
+    vs = started()
+    vs.on_ping(ping(2, inc=999), 0.1)  # restarted: out
+    assert 2 not in vs.view.members
+    vs.on_ping(ping(1, view=2, add=[(2, 111)]), 0.2)  # wrong incarnation: ignored
+    assert 2 not in vs.view.members
+    vs.on_ping(ping(1, view=1, add=[(2, 999)]), 0.2)  # stale view number: ignored
+    assert 2 not in vs.view.members
+    reply = vs.on_ping(ping(1, view=2, add=[(2, 999)]), 0.2)
+    assert reply.view == View(3, 1, frozenset({2, 3}))
+    assert vs.member_incarnation[2] == 999
+
+
+def test_primary_can_have_a_lagging_backup_removed():
+    vs = started()
+    vs.on_ping(ping(1, view=1, remove={3}), 0.1)
+    assert vs.view == View(2, 1, frozenset({2}))
+
+
+def test_no_in_sync_node_left_gives_a_view_without_primary_until_a_durable_member_returns():
+    vs = started(nodes=(1, 2))
+    vs.on_node_exited(2, 0.1)
+    assert vs.view == View(2, 1, frozenset())
+    vs.on_node_exited(1, 0.2)
+    assert vs.view == View(3, NO_NODE, frozenset({1}))
+    # A wiped process of node 1 must not serve: nothing changes.
+    reply = vs.on_ping(ping(1, inc=5, durable=False), 0.3)
+    assert reply.view.primary == NO_NODE
+    # Node 2 was dropped earlier (the primary may have committed without it): not a candidate.
+    vs.on_ping(ping(2, inc=6, durable=True), 0.3)
+    assert vs.view.primary == NO_NODE
+    # Node 1 restarting with its WAL holds everything it acknowledged.
+    reply = vs.on_ping(ping(1, inc=7, durable=True, last=4, last_view=2), 0.4)
+    assert reply.view == View(4, 1, frozenset())
+
+
+def test_restart_of_the_service_bumps_the_view_and_keeps_incarnations():
+    vs = started()
+    saved = vs.to_json()
+    again = ViewService([1, 2, 3], failure_timeout=FT, persisted=saved, now=100.0)
+    assert again.view == View(2, 1, frozenset({2, 3}))
+    again.on_tick(100.1)  # nobody heard from yet: within the grace period nothing changes
+    assert again.view.number == 2
+    again.on_ping(ping(2, view=1), 100.2)  # same process as before: still in sync
+    again.on_ping(ping(3, inc=42, view=0), 100.2)  # a new process: out
+    assert again.view == View(3, 1, frozenset({2}))
+    again.on_tick(100.0 + FT + 0.01)  # the primary never came back: promote the in-sync backup
+    assert again.view == View(4, 2, frozenset())
+
+
+def test_restart_of_the_service_with_no_primary_and_nobody_heard_from_does_not_crash():
+    vs = started(nodes=(1, 2))
+    vs.on_node_exited(2, 0.1)
+    vs.on_node_exited(1, 0.2)
+    again = ViewService([1, 2], failure_timeout=FT, persisted=vs.to_json(), now=10.0)
+    again.on_tick(10.01)
+    assert again.view.primary == NO_NODE
+    again.on_ping(ping(1, view=3), 10.02)  # the very process admitted before: it may serve
+    assert again.view.primary == 1
+
+
+def test_view_numbers_only_grow_and_views_round_trip_json():
+    vs = started()
+    numbers = [vs.view.number]
+    for t, event in enumerate([lambda n: vs.on_node_exited(3, n), lambda n: vs.on_ping(ping(3, inc=9), n), lambda n: vs.on_node_exited(1, n)]):
+        event(0.1 * (t + 1))
+        numbers.append(vs.view.number)
+    assert numbers == sorted(numbers)
+    assert view_from_json(view_to_json(vs.view)) == vs.view
+
+
+def test_unknown_node_gets_the_view_but_changes_nothing():
+    vs = started()
+    reply = vs.on_ping(ping(9), 0.1)
+    assert reply.view == vs.view and vs.view.number == 1
