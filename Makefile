@@ -36,6 +36,7 @@ sim: setup           ## more seeds: make sim SEEDS=10000
 bench: setup
 	$(BIN)/python bench/codec_bench.py
 	$(BIN)/python bench/storage_bench.py
+	$(BIN)/python bench/failover_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -4,7 +4,6 @@ against a fake node (see tests/test_client.py) to check the pieces are wired tog
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -13,6 +12,7 @@ from loadgen.load import LoadResult, make_sessions, run_load, validate_load_args
 from loadgen.stats import SUMMARY_KEYS
 from protocol.messages import CustomerRecord
 from tests import test_client as fakes  # module import: its tests are not collected twice
+from tests.test_client import fake_node  # noqa: F401  (the shared fake-node fixture)
 
 OK = OpResult(True, CustomerRecord(1, 0, 0), None, 1_000_000, 1, 0, 1)
 
@@ -126,24 +126,6 @@ def test_empty_load_result_report():
     assert doc["operations"] == 0 and doc["throughput_ops"] == 0.0
     assert doc["latency_us"] == {key: 0 for key in SUMMARY_KEYS}
     assert doc["errors"] == {}
-
-
-@pytest.fixture
-def fake_node() -> Iterator:
-    nodes = []
-
-    def make(node_id, handler, **kw):
-        node = fakes.FakeNode(node_id, handler, **kw)
-        nodes.append(node)
-        return node.start()
-
-    try:
-        yield make
-    finally:
-        for node in nodes:
-            node.stop()
-        for node in nodes:
-            assert not node.errors, node.errors
 
 
 @pytest.mark.parametrize(("req_type", "customers", "orders", "expected_ops"),
