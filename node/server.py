@@ -78,6 +78,10 @@ class NodeServer:
         self.ping_timeout = PING_TIMEOUT_HEARTBEATS * self.heartbeat
         self.tick_period = min(self.heartbeat / 2, 0.01)
         self.bad_frames = 0
+        # A simulated network partition (`lfctl partition`): traffic to and from these peers,
+        # and to the view service when `vs_blocked`, is dropped here, with no root needed.
+        self.blocked: frozenset[int] = frozenset()
+        self.vs_blocked = False
         self._open_vs()
 
     # ------------------------------------------------------------------ sockets
@@ -179,6 +183,8 @@ class NodeServer:
             except ProtocolError as exc:
                 self._bad_frame("replication", str(exc))
                 continue
+            if self.blocked and getattr(msg, "sender", 0) in self.blocked:
+                continue
             core.on_message(msg, now)
 
     def _drain_view_service(self, now: float) -> None:
@@ -187,6 +193,8 @@ class NodeServer:
                 frames = self.vs_sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if self.vs_blocked:
+                continue
             try:
                 reply = codec.decode(frames[-1])
             except ProtocolError as exc:
@@ -202,7 +210,7 @@ class NodeServer:
                 return
             log.warning("view service did not answer for %.0f ms; reconnecting", (now - self.ping_sent_at) * 1000)
             self._open_vs()
-        if now < self.next_ping:
+        if now < self.next_ping or self.vs_blocked:
             return
         self.vs_sock.send_multipart([b"", codec.encode(self.core.make_ping())], zmq.NOBLOCK)
         self.ping_sent_at = now
@@ -213,9 +221,10 @@ class NodeServer:
         if out.persist:
             self.storage.write(out.persist)
         pushes = self.pushes
+        blocked = self.blocked
         for peer, msg in out.messages:
             sock = pushes.get(peer)
-            if sock is None:
+            if sock is None or peer in blocked:
                 continue
             try:
                 sock.send(codec.encode(msg), zmq.NOBLOCK, copy=False)
@@ -257,7 +266,7 @@ class NodeServer:
         if name == "health":
             return {**base, "node_id": self.id, "role": status["role"], "view": status["view"]}
         if name == "status":
-            return {**base, **status, "bad_frames": self.bad_frames}
+            return {**base, **status, **self._partition_state(), "bad_frames": self.bad_frames}
         if name == "dump":
             book = self.core.book
             return {
@@ -269,7 +278,25 @@ class NodeServer:
         if name == "stop":
             self.stopping = True
             return {**base, "stopping": True}
-        return {"ok": False, "error": f"unknown command {name!r} (health, status, dump, stop)"}
+        if name == "partition":
+            peers = cmd.get("peers", [])
+            if not isinstance(peers, list) or not all(isinstance(p, int) and p in self.pushes for p in peers):
+                return {"ok": False, "error": f"partition: peers must be a list of other node ids ({sorted(self.pushes)})"}
+            self.blocked = frozenset(peers)
+            self.vs_blocked = bool(cmd.get("view_service", False))
+            if self.vs_blocked:
+                self._open_vs()  # what was in flight to or from the view service is lost, as on a real cut
+            log.warning("partitioned from nodes %s%s", sorted(self.blocked), " and the view service" if self.vs_blocked else "")
+            return {**base, **self._partition_state()}
+        if name == "heal":
+            if self.blocked or self.vs_blocked:
+                log.warning("partition healed")
+            self.blocked, self.vs_blocked = frozenset(), False
+            return {**base, **self._partition_state()}
+        return {"ok": False, "error": f"unknown command {name!r} (health, status, dump, stop, partition, heal)"}
+
+    def _partition_state(self) -> dict:
+        return {"partitioned_from": sorted(self.blocked), "view_service_blocked": self.vs_blocked}
 
 
 class PortInUse(RuntimeError):
