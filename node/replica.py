@@ -70,7 +70,11 @@ class ReplicaSettings:
     snapshot_every: int = 100_000
     max_bulk_read: int = 100_000
     max_pending: int = 100_000
-    window_batches: int = 8  # batches in flight per peer before waiting for acks
+    # Adaptive batching: a new batch goes to a peer only while fewer than this many are
+    # unacknowledged; meanwhile new entries pile up into the next, larger batch.  Under load that
+    # cuts messages (and CPU) per order on both sides without adding latency: the entries would
+    # have waited for those acks anyway.
+    max_inflight_batches: int = 2
 
     @classmethod
     def from_config(cls, rc) -> "ReplicaSettings":
@@ -89,7 +93,7 @@ class ReplicaSettings:
 class _Peer:
     """What the primary knows about one backup or learner in the current primaryship."""
 
-    __slots__ = ("next_index", "match_index", "incarnation", "last_ack", "last_sent", "last_need", "snapshot_sent")
+    __slots__ = ("next_index", "match_index", "incarnation", "last_ack", "last_sent", "last_need", "snapshot_sent", "inflight")
 
     def __init__(self, next_index: int, now: float) -> None:
         self.next_index = next_index  # next entry to send (optimistic: advanced when sent)
@@ -99,6 +103,7 @@ class _Peer:
         self.last_sent = -1.0
         self.last_need = (0, -1.0)  # (index, time) of the last "need" acted on: damps duplicates
         self.snapshot_sent = -1.0
+        self.inflight = 0  # appends sent and not yet answered
 
 
 class Replica:
@@ -290,20 +295,21 @@ class Replica:
         if peer.next_index <= log_.base_index:
             self._send_snapshot(peer_id, peer, now)
             return
-        limit = peer.match_index + self.s.window_batches * self.s.batch_max_entries
         sent = False
-        while peer.next_index <= last and peer.next_index <= limit:
+        while peer.next_index <= last and peer.inflight < self.s.max_inflight_batches:
             first = peer.next_index
             upto = min(last, first + self.s.batch_max_entries - 1)
             prev = first - 1
             msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, tuple(log_.slice(first, upto)))
             self.outbox.messages.append((peer_id, msg))
             peer.next_index = upto + 1
+            peer.inflight += 1
             sent = True
         if not sent and now - peer.last_sent >= self.s.heartbeat:
             prev = min(peer.next_index - 1, last)
             msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, ())
             self.outbox.messages.append((peer_id, msg))
+            peer.inflight += 1  # it is answered like any append
             sent = True
         if sent:
             peer.last_sent = now
@@ -332,6 +338,8 @@ class Replica:
         peer = self.peers.get(msg.sender)
         if msg.view_number < self.view.number or peer is None:
             return
+        if peer.inflight:
+            peer.inflight -= 1
         if peer.incarnation != msg.incarnation:
             if peer.incarnation:  # the peer restarted: whatever it acknowledged before may be gone
                 self._regress(msg.sender, peer, 0)
@@ -377,10 +385,11 @@ class Replica:
     def _primary_tick(self, now: float) -> None:
         last = self.log.last_index
         for peer_id, peer in self.peers.items():
-            if peer.match_index < last and now - peer.last_ack >= self.s.retransmit and peer.next_index > peer.match_index + 1:
+            if peer.match_index < last and now - peer.last_ack >= self.s.retransmit:
                 if now - peer.last_need[1] >= self.s.retransmit:
                     peer.next_index = peer.match_index + 1  # go back: something was lost
                     peer.last_need = (peer.next_index, now)
+                    peer.inflight = 0  # and so were their answers
             if peer_id in self.view.backups and peer.match_index < last and now - peer.last_ack >= self.s.failure_timeout:
                 self.lagging.add(peer_id)
             else:
@@ -553,24 +562,25 @@ class Replica:
 
     def _set_commit(self, commit: int) -> None:
         self.commit_index = commit
-        book = self.book
-        log_ = self.log
-        waiters = self.waiters
-        for index in range(self.applied_index + 1, commit + 1):
-            entry = log_.entry(index)
-            book.apply(entry)
-            if waiters:
-                waiting = waiters.pop(index, None)
-                if waiting:
-                    key = order_key(entry[1], entry[2])
-                    self.pending_keys.pop(key, None)
-                    engineer = book.orders.get(key, entry[3])
-                    for client, req in waiting:
-                        self._reply(client, self._laptop(req, engineer))
-                    self.ops += len(waiting)
-                    continue
-            if self.pending_keys:
-                self.pending_keys.pop(order_key(entry[1], entry[2]), None)
+        first = self.applied_index + 1
+        if commit >= first:
+            apply = self.book.apply
+            engineers = self.book.orders
+            waiters = self.waiters
+            pending = self.pending_keys
+            index = first
+            for entry in self.log.slice(first, commit):
+                key = apply(entry)
+                if pending:
+                    pending.pop(key, None)
+                if waiters:
+                    waiting = waiters.pop(index, None)
+                    if waiting:
+                        engineer = engineers[key]  # the first acceptance, should this entry repeat an order
+                        for client, req in waiting:
+                            self._reply(client, self._laptop(req, engineer))
+                        self.ops += len(waiting)
+                index += 1
         self.applied_index = max(self.applied_index, commit)
         if self.parked_reads and commit >= self.view_start_index and self.role is Role.PRIMARY:
             parked, self.parked_reads = self.parked_reads, []

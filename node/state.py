@@ -32,13 +32,14 @@ class OrderBook:
         self.records: dict[int, int] = {}
         self.orders: dict[int, int] = {}
 
-    def apply(self, entry: Entry) -> None:
+    def apply(self, entry: Entry) -> int:
+        """Apply one entry; returns its order key (the caller needs it too, and it is not free)."""
         _view, customer_id, order_number, engineer = entry
-        key = order_key(customer_id, order_number)
-        if key in self.orders:  # a duplicate that slipped into the log: applying it again must not move state
-            return
-        self.orders[key] = engineer
-        self.records[customer_id] = order_number
+        key = ((customer_id & 0xFFFFFFFF) << 32) | (order_number & 0xFFFFFFFF)  # order_key, inlined: hot
+        if key not in self.orders:  # a duplicate that slipped into the log must not move state
+            self.orders[key] = engineer
+            self.records[customer_id] = order_number
+        return key
 
     def last_order(self, customer_id: int) -> int:
         return self.records.get(customer_id, -1)

@@ -61,7 +61,7 @@ class SimConfig:
     settings: ReplicaSettings = field(
         default_factory=lambda: ReplicaSettings(
             heartbeat=0.05, lease=0.4, failure_timeout=0.5, retransmit=0.1, batch_max_entries=8, snapshot_every=40,
-            window_batches=4,
+            max_inflight_batches=2,
         )
     )
 
