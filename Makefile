@@ -24,6 +24,9 @@ down: setup
 status: setup
 	$(BIN)/lfctl status
 
+demo: setup          ## a cluster, a steady load and a fault every few seconds, live; q stops it (DURATION=60 for an unattended run)
+	$(BIN)/lfctl demo $(if $(DURATION),--duration $(DURATION))
+
 test: setup          ## the whole suite: unit, simulation (2,000 seeds), integration on real processes
 	$(BIN)/python -m pytest -q
 
@@ -33,10 +36,14 @@ test-fast: setup     ## everything but the long simulation runs
 sim: setup           ## more seeds: make sim SEEDS=10000
 	$(BIN)/python -m orchestrator.simulator --seeds $(or $(SEEDS),2000)
 
-bench: setup
+$(VENV)/.bench-stamp: pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-stamp   ## the benchmark suite, < 10 min: bench/results/*.json + *.png (docs/performance.md)
 	$(BIN)/python bench/codec_bench.py
 	$(BIN)/python bench/storage_bench.py
-	$(BIN)/python bench/failover_bench.py
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -6,6 +6,8 @@
    with a short one (which isolates the cluster's own failover time from the client's wait).
 2. Catch-up of a wiped node: load E entries, kill a backup, `restart --wipe` it, and time until it
    is back in the view with the primary's commit index.
+3. The same while the primary keeps serving a closed-loop load (`catch_up_under_load`, also run
+   by bench/suite.py).
 
 Writes bench/results/failover.json.  Usage: python bench/failover_bench.py [--trials 20] [--entries 100000]
 """
@@ -137,6 +139,84 @@ def catch_up(cluster: Cluster, entries: int) -> dict:
     }
 
 
+def catch_up_under_load(cluster, entries: int, load_customers: int = 100, timeout: float = 120.0) -> dict:
+    """A wiped backup catches up while the primary keeps serving a closed-loop load.
+
+    Preload `entries` orders (one per new customer, fast), kill a backup, start `load_customers`
+    customers ordering continuously, restart the backup wiped, and time until the view service
+    has it back in the view (the primary asks for that only once it has caught up).  The rate
+    is the primary's log length at that moment over the time taken (snapshot + log suffix +
+    everything ordered meanwhile)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from driver import closed_loop
+
+    poll(cluster.in_sync, 30, "all nodes in the view")
+    status = cluster.status()
+    primary = status["view"]["primary"]
+    # the primary first, then the others: the driver follows NOT_PRIMARY hints
+    endpoint = {primary: cluster.config.node(primary).client_endpoint}
+    endpoint.update((n.id, n.client_endpoint) for n in cluster.config.nodes if n.id != primary)
+    started = time.monotonic()
+    pre = closed_loop(endpoint, 500, duration=300.0, warmup=0.0, customer_base=50_000_000, fill_total=entries)
+    preload_s = time.monotonic() - started
+    status = cluster.status()
+    backup = status["view"]["backups"][0]
+    cluster.ctl(cmd="kill", node=backup, signal="KILL")
+    poll(lambda: backup not in cluster.status()["view"]["backups"], 10, "the backup to leave the view")
+
+    progress: list[tuple[float, int]] = []
+    stop = threading.Event()
+    load: dict = {}
+
+    def run_load_thread() -> None:
+        load.update(closed_loop(endpoint, load_customers, duration=timeout + 60, warmup=0.0, customer_base=60_000_000,
+                                progress=lambda done: progress.append((time.monotonic(), done)), progress_every=200,
+                                stop_event=stop))
+
+    def rate(t0: float, t1: float) -> float:
+        pts = [p for p in list(progress) if t0 <= p[0] <= t1]
+        if len(pts) < 2:
+            return 0.0
+        return (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
+
+    t = threading.Thread(target=run_load_thread, daemon=True)
+    t.start()
+    try:
+        time.sleep(1.5)
+        restarted = time.monotonic()
+        before = rate(restarted - 1.0, restarted)
+        cluster.ctl(cmd="restart", node=backup, wipe=True)
+        rejoined = {}
+
+        def back_in_view():
+            s = cluster.status()
+            if backup in s["view"]["backups"]:
+                rejoined["at"] = time.monotonic()
+                rejoined["primary_commit"] = next(n["commit_index"] for n in s["nodes"] if n["id"] == s["view"]["primary"])
+                rejoined["node_commit"] = next(n["commit_index"] for n in s["nodes"] if n["id"] == backup)
+                return True
+            return False
+
+        poll(back_in_view, timeout, "the wiped node to catch up and rejoin")
+        during = rate(restarted, rejoined["at"])
+    finally:
+        stop.set()
+        t.join(30)
+    seconds = rejoined["at"] - restarted
+    return {
+        "preloaded_entries": pre["completed_total"],
+        "preload_seconds": round(preload_s, 2),
+        "preload_throughput": round(pre["completed_total"] / preload_s, 1),
+        "load_customers": load_customers,
+        "entries_at_rejoin": rejoined["primary_commit"],
+        "catch_up_seconds": round(seconds, 3),
+        "catch_up_entries_per_s": round(rejoined["primary_commit"] / seconds),
+        "load_throughput_before_restart": round(before, 1),
+        "load_throughput_during_catch_up": round(during, 1),
+        "load_errors": load.get("errors"),
+    }
+
+
 def summary(values: list[float]) -> dict:
     ms = sorted(v * 1000 for v in values)
     return {"trials": len(ms), "min_ms": round(ms[0], 1), "median_ms": round(statistics.median(ms), 1), "max_ms": round(ms[-1], 1), "all_ms": [round(v, 1) for v in ms]}
@@ -160,6 +240,7 @@ def main() -> int:
                 "kill_primary_to_next_commit_default_client": summary(failover_trials(cluster, args.trials, cluster.config.client.attempt_timeout_ms / 1000)),
                 "kill_primary_to_next_commit_client_timeout_50ms": summary(failover_trials(cluster, args.trials, 0.05)),
                 "wiped_node_catch_up": catch_up(cluster, args.entries),
+                "wiped_node_catch_up_under_load": catch_up_under_load(cluster, args.entries),
             }
         finally:
             cluster.down()

@@ -49,7 +49,7 @@ from protocol.messages import (
 if TYPE_CHECKING:  # only for annotations: the client must work even while config evolves
     from protocol.config import ClusterConfig
 
-__all__ = ["Client", "ClientEngine", "Op", "OpResult", "Session", "error_reason"]
+__all__ = ["Client", "ClientEngine", "Op", "OpResult", "Session", "Wait", "error_reason"]
 
 # (request type, customer_id, order_number -- or hi for a bulk read)
 Op = tuple[int, int, int]
@@ -61,7 +61,12 @@ class OpResult:
 
     `latency_ns` runs from the first attempt to completion, so it includes retries and back-off:
     that is the latency a user of the service sees.  `node` is the node that answered (or the last
-    node tried when the operation failed; 0 when no attempt was made)."""
+    node tried when the operation failed; 0 when no attempt was made).
+
+    `start_ns` and `end_ns` (`time.monotonic_ns()`) bracket the operation: taken before its first
+    attempt was sent and after its outcome was known, so the real operation happened inside
+    `[start_ns, end_ns]` -- what a linearizability checker needs.  0 when not known (results
+    made by hand in tests)."""
 
     ok: bool
     reply: ClientReply | None
@@ -70,12 +75,27 @@ class OpResult:
     attempts: int
     redirects: int
     node: int
+    start_ns: int = 0
+    end_ns: int = 0
 
 
-# A session yields operations one at a time and is sent each operation's result.
-Session = Generator[Op, OpResult, None]
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Yielded by a session instead of an operation: resume me (with `None`) at `until`
+    (`time.monotonic()` seconds).  This is how an open-loop session waits for its request's
+    scheduled start without a thread; waiting costs one timer, no socket."""
+
+    until: float
+
+
+# A session yields operations one at a time and is sent each operation's result (or yields a
+# `Wait` and is resumed with None when it is due).
+Session = Generator["Op | Wait", "OpResult | None", None]
 
 STOPPED_ERROR = "stopped: max duration reached"
+# pyzmq's flags are IntFlag members; combining or passing them goes through the enum machinery on
+# every call, which showed in profiles of the open loop.  A plain int does not.
+_NOBLOCK = int(zmq.NOBLOCK)
 
 # Which successful reply answers which request type; anything else is a bad frame.
 _REPLY_FOR: dict[int, type] = {
@@ -203,6 +223,7 @@ class ClientEngine:
         self._timers: list[tuple[float, int, int]] = []  # (when, seq, req_id)
         self._seq = 0
         self._ready: deque[tuple[Session, Op | None, OpResult | None]] = deque()
+        self._parked: list[tuple[float, int, Session]] = []  # sessions that yielded Wait
         self._stopping = False
 
     # ------------------------------------------------------------------ public
@@ -225,11 +246,13 @@ class ClientEngine:
     ) -> None:
         """Run every session to completion, or until `max_duration` seconds have passed.
 
-        All sessions start at once; each has at most one operation outstanding.  When time runs
+        All sessions start at once; each has at most one operation outstanding.  A session may
+        yield `Wait(until)` instead of an operation to be resumed at that time.  When time runs
         out, outstanding operations end as failed (`"stopped: max duration reached"`); each
         session is still sent that result (so it sees every result it asked for) and is then
-        closed.  `on_result(op, result)` is called for every finished operation before its
-        session is resumed.  Exceptions from sessions or `on_result` propagate."""
+        closed; waiting sessions are closed.  `on_result(op, result)` is called for every
+        finished operation before its session is resumed.  Exceptions from sessions or
+        `on_result` propagate."""
         if self._closed:
             raise RuntimeError("ClientEngine is closed")
         stop_at = time.monotonic() + max(0.0, float(max_duration))
@@ -241,12 +264,15 @@ class ClientEngine:
             while True:
                 self._pump_ready(on_result, stop_at)
                 now = time.monotonic()
-                if not self._active or now >= stop_at:
+                if (not self._active and not self._parked) or now >= stop_at:
                     break
                 self._fire_timers(now)
+                self._wake_parked(now)
                 if self._ready:
                     continue
                 wake = stop_at if not self._timers else min(stop_at, self._timers[0][0])
+                if self._parked:
+                    wake = min(wake, self._parked[0][0])
                 timeout_ms = max(0, math.ceil((wake - now) * 1000))
                 for sock, _ in self._poller.poll(timeout_ms):
                     self._drain(sock)
@@ -255,6 +281,8 @@ class ClientEngine:
             for p in list(self._active.values()):
                 self._fail(p, STOPPED_ERROR)
             self._pump_ready(on_result, None)
+            for _, _, session in self._parked:
+                session.close()
             finished = True
         finally:
             if not finished:
@@ -263,9 +291,12 @@ class ClientEngine:
                     session.close()
                 for p in self._active.values():
                     p.session.close()
+                for _, _, session in self._parked:
+                    session.close()
             self._active.clear()
             self._ready.clear()
             self._timers.clear()
+            self._parked.clear()
             self._stopping = False
 
     def close(self) -> None:
@@ -317,7 +348,18 @@ class ClientEngine:
             if self._stopping or (stop_at is not None and time.monotonic() >= stop_at):
                 session.close()
                 continue
+            if type(nxt) is Wait:
+                self._seq += 1
+                heapq.heappush(self._parked, (float(nxt.until), self._seq, session))
+                continue
             self._start(session, nxt)
+
+    def _wake_parked(self, now: float) -> None:
+        """Sessions whose `Wait` is over go back to the ready queue (resumed with None)."""
+        parked = self._parked
+        while parked and parked[0][0] <= now:
+            _, _, session = heapq.heappop(parked)
+            self._ready.append((session, None, None))
 
     def _start(self, session: Session, op: Op) -> None:
         self._req_counter = (self._req_counter + 1) & 0xFFFFFFFF
@@ -330,8 +372,9 @@ class ClientEngine:
             p.payload = codec.encode(ClientRequest(req_id, int(req_type), int(customer_id),
                                                    int(number)))
         except (ValueError, TypeError, struct.error, OverflowError) as e:
+            end_ns = time.monotonic_ns()
             self._finish(p, OpResult(False, None, f"invalid request: {op!r}: {e}",
-                                     time.monotonic_ns() - start_ns, 0, 0, 0))
+                                     end_ns - start_ns, 0, 0, 0, start_ns, end_ns))
             return
         self._active[req_id] = p
         self._send(p, self._primary, time.monotonic())
@@ -350,7 +393,7 @@ class ClientEngine:
             self.stats["attempts"] += 1
             p.node = node
             try:
-                self._socks[node].send_multipart([b"", p.payload], flags=zmq.NOBLOCK)
+                self._socks[node].send_multipart([b"", p.payload], flags=_NOBLOCK)
             except zmq.Again:
                 if now < self._grace_until:
                     # Probably still connecting: not an attempt yet; look again very soon.
@@ -416,7 +459,7 @@ class ClientEngine:
         node = self._node_of.get(sock, 0)
         for _ in range(self.MAX_DRAIN):
             try:
-                frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+                frames = sock.recv_multipart(flags=_NOBLOCK)
             except zmq.Again:
                 return
             self._on_frames(node, frames)
@@ -450,8 +493,9 @@ class ClientEngine:
             return
         # Only the primary answers successfully, so whoever did is the best guess for the next op.
         self._primary = node
-        self._finish(p, OpResult(True, msg, None, time.monotonic_ns() - p.start_ns, p.attempts,
-                                 p.redirects, node))
+        end_ns = time.monotonic_ns()
+        self._finish(p, OpResult(True, msg, None, end_ns - p.start_ns, p.attempts, p.redirects,
+                                 node, p.start_ns, end_ns))
 
     def _on_error(self, p: _Pending, node: int, err: ErrorReply) -> None:
         now = time.monotonic()
@@ -462,9 +506,10 @@ class ClientEngine:
             code = None
         name = code.name if code is not None else f"ERROR_{err.code}"
         if code is None or code in _FATAL_ERRORS:
+            end_ns = time.monotonic_ns()
             self._finish(p, OpResult(False, err, f"{name}: {err.message or 'rejected by node'}",
-                                     time.monotonic_ns() - p.start_ns, p.attempts, p.redirects,
-                                     node))
+                                     end_ns - p.start_ns, p.attempts, p.redirects, node,
+                                     p.start_ns, end_ns))
             return
         p.last_error = f"{name} from node {node}" + (f" ({err.message})" if err.message else "")
         if now >= p.deadline:
@@ -485,8 +530,9 @@ class ClientEngine:
     # ------------------------------------------------------------------ completion
 
     def _fail(self, p: _Pending, error: str) -> None:
-        self._finish(p, OpResult(False, None, error, time.monotonic_ns() - p.start_ns,
-                                 p.attempts, p.redirects, p.node))
+        end_ns = time.monotonic_ns()
+        self._finish(p, OpResult(False, None, error, end_ns - p.start_ns, p.attempts,
+                                 p.redirects, p.node, p.start_ns, end_ns))
 
     def _finish(self, p: _Pending, result: OpResult) -> None:
         self._active.pop(p.req_id, None)

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from loadgen.client import ClientEngine, Op, OpResult, Session, error_reason
 from loadgen.stats import SUMMARY_KEYS, LatencyRecorder
+from loadgen.telemetry import TelemetryPusher
 from protocol.messages import RequestType
 
 if TYPE_CHECKING:
@@ -61,18 +63,22 @@ def _bulk_session(hi: int) -> Session:
     yield (int(RequestType.BULK_READ), 0, hi)
 
 
-def make_sessions(customers: int, orders: int, req_type: int) -> list[Session]:
+def make_sessions(customers: int, orders: int, req_type: int,
+                  customer_ids: Sequence[int] | None = None) -> list[Session]:
     """The sessions of a workload, one per customer (see the module docstring).
 
     Sessions are generators (`yield op`, receive its `OpResult`); they ignore the results, so a
     failed operation does not stop a customer -- the load keeps its shape under failures.
-    Validates eagerly (a list, not a lazy generator) so bad arguments fail before any I/O."""
+    Validates eagerly (a list, not a lazy generator) so bad arguments fail before any I/O.
+    `customer_ids` replaces `range(customers)` (a worker process's share of the customers, or
+    customers moved to a fresh id range); for type 3 only its length counts."""
     validate_load_args(customers, orders, req_type)
+    ids = range(customers) if customer_ids is None else list(customer_ids)
     if req_type == RequestType.ORDER:
-        return [_order_session(c, orders) for c in range(customers)]
+        return [_order_session(c, orders) for c in ids]
     if req_type == RequestType.READ:
-        return [_read_session(c, orders) for c in range(customers)]
-    return [_bulk_session(orders) for _ in range(customers)]
+        return [_read_session(c, orders) for c in ids]
+    return [_bulk_session(orders) for _ in ids]
 
 
 @dataclass
@@ -146,21 +152,32 @@ class LoadResult:
 
 
 def run_load(config: ClusterConfig, *, customers: int, orders: int, req_type: int,
-             max_duration: float = 300.0, seed: int = 0) -> LoadResult:
+             max_duration: float = 300.0, seed: int = 0, push_telemetry: bool = True,
+             customer_ids: Sequence[int] | None = None,
+             on_result: Callable[[Op, OpResult], None] | None = None) -> LoadResult:
     """Run one workload against the cluster in `config` and report what happened.
 
     Stops after `max_duration` seconds even if sessions remain (their outstanding operations
-    count as failed "stopped")."""
+    count as failed "stopped").  `customer_ids`: see `make_sessions`.  `on_result(op, result)`
+    is called for every finished operation too (the history recorder of `lfctl load` uses it)."""
     validate_load_args(customers, orders, req_type)
     if not max_duration > 0:
         raise ValueError(f"max_duration must be > 0 seconds, got {max_duration!r}")
     result = LoadResult(type=req_type, customers=customers, orders=orders)
     nodes = [(n.id, n.client_endpoint) for n in config.nodes]
-    with ClientEngine(nodes, attempt_timeout=config.client.attempt_timeout_ms / 1000.0,
-                      deadline=config.client.deadline_ms / 1000.0, seed=seed) as engine:
+    # Per-second metrics to the supervisor's telemetry socket, for the dashboard (never blocks).
+    telemetry = TelemetryPusher(config.supervisor.telemetry_endpoint if push_telemetry else None,
+                                label=f"load type {req_type}")
+    with telemetry, ClientEngine(nodes, attempt_timeout=config.client.attempt_timeout_ms / 1000.0,
+                                 deadline=config.client.deadline_ms / 1000.0, seed=seed) as engine:
         start = time.monotonic()
-        engine.run(make_sessions(customers, orders, req_type), max_duration=max_duration,
-                   on_result=result.record)
+        record = result.record
+        if on_result is not None:
+            def record(op: Op, res: OpResult) -> None:
+                result.record(op, res)
+                on_result(op, res)
+        engine.run(make_sessions(customers, orders, req_type, customer_ids),
+                   max_duration=max_duration, on_result=telemetry.wrap(record))
         result.duration_s = time.monotonic() - start
         result.attempts = engine.stats["attempts"]
         result.redirects = engine.stats["redirects"]

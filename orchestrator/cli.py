@@ -333,6 +333,15 @@ def foreground(cl: Cluster) -> int:
     signal.signal(signal.SIGHUP, interrupt)  # the terminal went away: same as Ctrl-C
     say("Ctrl-C stops the cluster")
     try:
+        if dashboard_wanted():
+            from orchestrator.dashboard_app import run_attached
+
+            if run_attached(cl.cfg.supervisor.control_endpoint, "lfctl up", gone=lambda: supervisor_gone(cl),
+                            quit_hint="q quit view (Ctrl-C stops the cluster)") == "gone":
+                warn("the supervisor is gone")
+                return 1
+            say("dashboard closed; the cluster keeps running here: Ctrl-C stops it "
+                "(`lfctl dashboard` in another terminal shows the view again)")
         while True:
             try:
                 say(status_line(supervisor_request(cl, {"cmd": "status"})))
@@ -345,6 +354,51 @@ def foreground(cl: Cluster) -> int:
     except KeyboardInterrupt:
         say("")
         return 0 if down(cl) else 1
+
+
+def dashboard_wanted() -> bool:
+    from orchestrator.dashboard_app import use_dashboard
+
+    return use_dashboard()
+
+
+def supervisor_gone(cl: Cluster) -> bool:
+    """No live supervisor for this data dir (quietly: the dashboard owns the screen)."""
+    pid = procs.read_pid_file(procs.supervisor_pid_path(cl.data_dir))
+    return pid is None or not procs.is_ours(pid, "supervisor", cl.data_dir)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Attach a live view to a running cluster; quitting it never stops the cluster."""
+    cl = resolve_cluster(args)
+    require_running(cl)
+    from orchestrator.dashboard_app import render_once, run_attached
+
+    endpoint = cl.cfg.supervisor.control_endpoint
+    if args.once:
+        return 0 if render_once(endpoint) else 1
+    if not dashboard_wanted():
+        # Not a terminal: the same plain lines `lfctl up` prints, until Ctrl-C.
+        try:
+            while True:
+                say(status_line(supervisor_request(cl, {"cmd": "status"})))
+                time.sleep(FOREGROUND_PERIOD)
+        except KeyboardInterrupt:
+            return 0
+    try:
+        outcome = run_attached(endpoint, "lfctl dashboard", gone=lambda: supervisor_gone(cl))
+    except KeyboardInterrupt:
+        return 0
+    if outcome == "gone":
+        warn(f"the cluster in {cl.shown} is gone")
+        return 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from orchestrator.demo import run_demo
+
+    return run_demo(args, sys.modules[__name__])
 
 
 def status_line(status: dict) -> str:
@@ -477,20 +531,10 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    cl = resolve_cluster(args)
-    require_running(cl)
-    from loadgen.load import run_load
+    # Closed or open loop, --procs, --nemesis, run directory, --check: orchestrator/loadrun.py.
+    from orchestrator import loadrun
 
-    try:
-        result = run_load(cl.cfg, customers=args.customers, orders=args.orders, req_type=args.type,
-                          max_duration=args.max_duration)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2), flush=True)
-    else:
-        say(result.format_text())
-    return 0 if result.failed == 0 else 1
+    return loadrun.cmd_load(args)
 
 
 # --------------------------------------------------------------------------- dump
@@ -732,12 +776,12 @@ def build_parser() -> Parser:
     p.add_argument("--all", action="store_true", help=f"show every record, not only the first {DUMP_RECORDS}")
     p.add_argument("--json", action="store_true")
 
-    p = add("load", cmd_load, "drive load: C customers x K operations of one request type")
-    p.add_argument("--customers", type=positive_int, required=True, metavar="C")
-    p.add_argument("--orders", type=positive_int, required=True, metavar="K")
-    p.add_argument("--type", type=int, choices=(1, 2, 3), default=1)
-    p.add_argument("--max-duration", type=float, default=300.0, metavar="S")
-    p.add_argument("--json", action="store_true")
+    from orchestrator import loadrun
+
+    p = add("load", cmd_load, "drive load: closed loop (--customers C --orders K) or open loop "
+                              "(--rate R --duration S); --procs, --nemesis, --check; writes runs/<time>/")
+    loadrun.add_load_arguments(p)
+    loadrun.add_commands(add)  # check, report, partition, heal
 
     p = add("down", cmd_down, "stop the cluster (and wait until every process is gone)")
     p.add_argument("--purge", action="store_true", help="also delete the data dir")
@@ -758,6 +802,15 @@ def build_parser() -> Parser:
 
     p = add("node", cmd_node, "run one node in the foreground")
     p.add_argument("--id", type=positive_int, required=True, metavar="N")
+
+    p = add("dashboard", cmd_dashboard, "attach the live dashboard to a running cluster (q quits the view only)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit (no terminal needed)")
+
+    from orchestrator import demo
+
+    p = add("demo", cmd_demo, "start a cluster, run a load and inject a fault every few seconds, live "
+                              "(in its own data dir: ./.lfctl-demo unless --data-dir; $LFCTL_DATA_DIR is not used)")
+    demo.add_arguments(p)
 
     from orchestrator import simulator
 

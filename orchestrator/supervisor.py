@@ -38,6 +38,7 @@ import zmq
 
 from orchestrator import procs
 from orchestrator.control import SCHEMA_VERSION, error, ok
+from orchestrator.events import ClusterMonitor, NodeFacts
 from orchestrator.view_service import ViewService, view_from_json
 from protocol.codec import ProtocolError, decode, decode_json, encode, encode_json
 from protocol.config import ClusterConfig, ConfigError, load_config
@@ -95,6 +96,9 @@ class Supervisor:
         self.vs: ViewService | None = None
         self.saved_state: dict | None = None  # what view.json holds
         self.telemetry: dict[str, tuple[float, dict]] = {}
+        self.partition: dict | None = None  # the last `lfctl partition` (the nodes enforce it)
+        self.monitor = ClusterMonitor()  # events ring buffer, ops/s, client telemetry aggregate
+        self._next_observe = 0.0
         self.stop_reason: str | None = None
         self.core_failures = 0
         self.persist_failures = 0
@@ -192,6 +196,7 @@ class Supervisor:
             node.exit_code = None
             node.error = f"cannot start: {exc}"
             log.error("node %d: %s", node.node_id, node.error)
+            self.monitor.node_start_failed(node.node_id, node.error, time.monotonic())
             self.schedule_restart(node, time.monotonic())
             return False
         try:
@@ -203,6 +208,7 @@ class Supervisor:
         node.exit_code = None
         node.error = None
         node.started_at = time.monotonic()
+        self.monitor.node_started(node.node_id, node.proc.pid, restart=node.starts > 1, wipe=wipe, now=node.started_at)
         log.info("node %d: started pid %d%s", node.node_id, node.proc.pid, " (wiped)" if wipe else "")
         return True
 
@@ -250,6 +256,8 @@ class Supervisor:
                 log.warning("node %d: pid %d exited on its own (%s)%s", node.node_id, proc.pid,
                             procs.describe_exit(code), f": {node.error}" if node.error else "")
                 self.schedule_restart(node, now)
+            self.monitor.node_exited(node.node_id, proc.pid, expected=node.stopping, how=procs.describe_exit(code),
+                                     error=node.error if not node.stopping else None, now=now)
             node.stopping = False
             callbacks, node.on_exit = node.on_exit, []
             for callback in callbacks:
@@ -364,7 +372,11 @@ class Supervisor:
                 log.warning("telemetry: dropped an undecodable message: %s", exc)
                 continue
             sender = str(msg.get("sender") or msg.get("source") or msg.get("client") or "unknown")
+            if sender not in self.telemetry and len(self.telemetry) >= 32:
+                # Every load is a new sender: forget those not heard from for 5 minutes.
+                self.telemetry = {k: v for k, v in self.telemetry.items() if now - v[0] < 300.0}
             self.telemetry[sender] = (now, msg)
+            self.monitor.on_telemetry(msg, now)
 
     def on_control(self, now: float) -> None:
         assert self.control is not None
@@ -404,9 +416,16 @@ class Supervisor:
         """Run one control command; None means the reply is sent later (by a callback)."""
         cmd = req.get("cmd")
         if cmd == "status":
-            return self.status(now)
+            return self.status(now, req)
         if cmd == "ping":
             return ok(pid=os.getpid())
+        if cmd == "events":
+            return self.cmd_events(req)
+        if cmd == "note":  # a line for the events feed (the demo narrates its steps)
+            level = req.get("level") if req.get("level") in ("info", "good", "warn", "error") else "info"
+            return ok(event=self.monitor.note(str(req.get("msg") or "")[:300], level=level))
+        if cmd in ("partition", "heal"):
+            return self.cmd_partition_record(req)
         if cmd == "down":
             log.info("control: down requested")
             self.down_envelopes.append(envelope)
@@ -419,6 +438,25 @@ class Supervisor:
             return getattr(self, f"cmd_{cmd}")(node, req, envelope, now)
         log.warning("control: unknown command %r", cmd)
         return error(f"unknown command {cmd!r}" if cmd is not None else "request has no \"cmd\"")
+
+    def cmd_partition_record(self, req: dict) -> dict:
+        """Record a partition (or its end) for `status`.  `orchestrator.partition` has already
+        told the nodes, which enforce it; this loop never waits on a node."""
+        if req.get("cmd") == "heal":
+            if self.partition is not None:
+                log.info("control: partition healed")
+                self.monitor.note("partition healed", level="good")
+            self.partition = None
+            return ok(partition=None)
+        groups = req.get("groups")
+        if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
+            return error("partition: groups must be a list of lists of node ids")
+        self.partition = {"groups": groups, "view_service_side": req.get("view_service_side", 0),
+                          "since": req.get("since"), "unreached": req.get("unreached") or []}
+        sides = " | ".join(",".join(str(n) for n in g) for g in groups)
+        log.info("control: partition %s", sides)
+        self.monitor.note(f"partition {sides}", level="warn")
+        return ok(partition=self.partition)
 
     def resolve_node(self, target: Any) -> tuple[NodeProc | None, str | None]:
         """A node id, "primary" or "backup" (any backup of the current view)."""
@@ -454,6 +492,7 @@ class Supervisor:
         sig = procs.SIGNALS[name]
         pid = node.pid
         node.restart_at = None
+        self.monitor.stop_requested(node.node_id, pid, f"kill SIG{name}", now)
         self.stop_node(node, sig)
         log.info("control: kill node %d (pid %s, SIG%s)", node.node_id, pid, name)
         message = f"killed node {node.node_id} (pid {pid}, SIG{name})"
@@ -480,6 +519,7 @@ class Supervisor:
         node.restart_at = None
         if node.running:
             log.info("control: restart node %d: stopping pid %s first", node.node_id, node.pid)
+            self.monitor.stop_requested(node.node_id, node.pid, "restart", now)
             self.stop_node(node, signal.SIGTERM)
             node.on_exit.append(start_and_reply)
         else:
@@ -493,6 +533,7 @@ class Supervisor:
             return error(f"node {node.node_id} is not running")
         procs.send_signal(node.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
         node.state = PAUSED
+        self.monitor.node_paused(node.node_id, node.pid, now)
         log.info("control: paused node %d (pid %s)", node.node_id, node.pid)
         return ok(node=node.node_id, pid=node.pid, message=f"paused node {node.node_id} (pid {node.pid}, SIGSTOP)")
 
@@ -501,6 +542,7 @@ class Supervisor:
             return error(f"node {node.node_id} is not paused")
         procs.send_signal(node.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
         node.state = UP
+        self.monitor.node_resumed(node.node_id, node.pid, now)
         log.info("control: resumed node %d (pid %s)", node.node_id, node.pid)
         return ok(node=node.node_id, pid=node.pid, message=f"resumed node {node.node_id} (pid {node.pid}, SIGCONT)")
 
@@ -527,7 +569,7 @@ class Supervisor:
 
     # ------------------------------------------------------------------ status
 
-    def status(self, now: float) -> dict:
+    def status(self, now: float, req: dict | None = None) -> dict:
         assert self.vs is not None
         view = self.vs.view
         primary_ping = self.vs.last_ping.get(view.primary) if view.primary else None
@@ -559,8 +601,13 @@ class Supervisor:
                 "nodes": [{"id": nc.id, "client": nc.client_endpoint, "replication": nc.repl_endpoint,
                            "control": nc.control_endpoint} for nc in self.cfg.nodes],
             },
-            telemetry={k: dict(v, age_s=round(now - t, 3)) for k, (t, v) in self.telemetry.items()},
+            telemetry={k: dict({f: x for f, x in v.items() if f != "buckets"}, age_s=round(now - t, 3))
+                       for k, (t, v) in self.telemetry.items()},
             data_dir=str(self.data_dir),
+            partition=self.partition,
+            clients=self.monitor.clients(now),
+            stats=self.monitor.stats(),
+            **(self.events_reply(req) if req is not None and "events_since" in req else {}),
         )
 
     def node_status(self, node: NodeProc, view: View, primary_ping: Ping | None, now: float) -> dict:
@@ -578,12 +625,8 @@ class Supervisor:
             role = "none"
         cpu = rss = None
         if node.running and node.ps is not None:
-            try:
-                with node.ps.oneshot():
-                    cpu = node.ps.cpu_percent(None)
-                    rss = node.ps.memory_info().rss
-            except psutil.Error:
-                pass
+            # Sampled at most once a second, however many dashboards poll.
+            cpu, rss = self.monitor.process_stats(node.ps, now)
         last_index = ping.last_index if ping else None
         lag = None
         progress = None
@@ -609,6 +652,7 @@ class Supervisor:
             "applied_index": ping.applied_index if ping else None,
             "lag": lag,
             "ops": ping.ops if ping else None,
+            "ops_per_s": self.monitor.ops_per_s(node.node_id) if node.running else None,
             "durable": ping.durable if ping else None,
             "last_ping_ms_ago": round((now - seen) * 1000) if seen is not None else None,
             "restarts": max(0, node.starts - 1),
@@ -616,6 +660,42 @@ class Supervisor:
             "cpu_percent": cpu,
             "rss_bytes": rss,
         }
+
+    # ------------------------------------------------------------------ events (dashboard)
+
+    def cmd_events(self, req: dict) -> dict:
+        """{"cmd": "events", "since": SEQ, "limit": N}: events newer than SEQ, oldest first."""
+        return ok(**self.events_reply({"events_since": req.get("since", 0), "events_limit": req.get("limit", 100)}))
+
+    def events_reply(self, req: dict) -> dict:
+        try:
+            since = int(req.get("events_since") or 0)
+            limit = max(0, min(int(req.get("events_limit") or 100), 500))
+        except (TypeError, ValueError):
+            since, limit = 0, 100
+        return {"events": self.monitor.events.since(since, limit), "events_seq": self.monitor.events.seq}
+
+    def observe(self, now: float) -> None:
+        """Let the monitor narrate view changes (at once) and learners, and keep ops/s (~25 Hz)."""
+        if self.vs is None:
+            return
+        changes = self.vs.changes
+        if now < self._next_observe and not (changes and changes[-1].new.number > self.monitor.last_view_number):
+            return  # nothing new in the view: ~25 times a second is plenty for learners and ops/s
+        self._next_observe = now + 0.04
+        facts = {}
+        for node_id, node in self.nodes.items():
+            seen = self.vs.seen.get(node_id)
+            ping = seen.ping if seen is not None else None
+            facts[node_id] = NodeFacts(node.running, node.state, ping.last_index if ping else None,
+                                       ping.ops if ping else None, seen.last_seen if seen is not None else None,
+                                       seen.incarnation if seen is not None else None)
+        try:
+            self.monitor.observe(changes, self.vs.view, facts, now)
+        except Exception:  # narration must never take the supervisor down
+            self.core_failures += 1
+            if self.core_failures <= 10 or self.core_failures % 1000 == 0:
+                log.exception("monitor: observe failed")
 
     # ------------------------------------------------------------------ main loop
 
@@ -658,6 +738,7 @@ class Supervisor:
             self.guarded("on_tick", now)
             self.persist_view()
             self.run_timers(now)
+            self.observe(now)
         log.info("stopping: %s", self.stop_reason)
         self.shutdown()
 

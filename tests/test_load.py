@@ -108,7 +108,7 @@ def test_load_result_report():
         "duration_s": 2.0,
         "throughput_ops": 1.5,
         "latency_us": {"min": 100, "avg": 200.0, "p50": 200, "p90": 300, "p99": 300,
-                       "p999": 300, "max": 300},
+                       "p999": 300, "p9999": 300, "max": 300},
         "attempts": 20,
         "redirects": 1,
         "timeouts": 12,
@@ -154,3 +154,19 @@ def test_run_load_counts_failures_without_latency(fake_node):
     assert res.ok == 0 and res.failed == 6
     assert res.latency.count == 0
     assert res.to_json()["errors"] == {"BAD_REQUEST": 6}
+
+
+def test_sessions_for_given_customer_ids():
+    assert ops_of(make_sessions(2, 2, 1, customer_ids=[5, 9])) == [
+        [(1, 5, 0), (1, 5, 1)], [(1, 9, 0), (1, 9, 1)]]
+    assert ops_of(make_sessions(2, 1, 2, customer_ids=[7])) == [[(2, 7, 0)]]
+
+
+def test_run_load_calls_on_result_for_every_operation(fake_node):
+    n1 = fake_node(1, fakes.answer(1))
+    seen = []
+    res = run_load(fakes.make_config(n1), customers=2, orders=3, req_type=1, max_duration=30,
+                   customer_ids=[10, 11], on_result=lambda op, r: seen.append((op, r)))
+    assert res.ok == 6 and len(seen) == 6
+    assert sorted(op for op, _ in seen) == [(1, c, k) for c in (10, 11) for k in range(3)]
+    assert all(r.start_ns <= r.end_ns and r.end_ns - r.start_ns == r.latency_ns for _, r in seen)

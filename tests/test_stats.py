@@ -26,7 +26,8 @@ def test_percentiles_of_known_data():
     rec = recorder_of(range(1, 1001))
     assert rec.count == 1000
     assert rec.summary() == {
-        "min": 1, "avg": 500.5, "p50": 500, "p90": 900, "p99": 990, "p999": 999, "max": 1000,
+        "min": 1, "avg": 500.5, "p50": 500, "p90": 900, "p99": 990, "p999": 999, "p9999": 1000,
+        "max": 1000,
     }
 
 
@@ -80,3 +81,20 @@ def test_summary_values_are_numbers():
     s = recorder_of([3, 7, 11]).summary()
     assert all(isinstance(v, (int, float)) for v in s.values())
     assert s["avg"] == round(s["avg"], 1)
+
+
+def test_wire_encoding_is_exact():
+    rec = recorder_of([5, 50, 500, 5000, 50_000])
+    again = LatencyRecorder.decode(rec.encode())
+    assert again.summary() == rec.summary() and again.count == 5
+    assert LatencyRecorder.decode(LatencyRecorder().encode()).count == 0
+
+
+def test_hgrm_percentile_spectrum(tmp_path):
+    rec = recorder_of(range(1, 1001))
+    path = tmp_path / "latency.hgrm"
+    rec.write_hgrm(path)
+    text = path.read_text()
+    assert text.splitlines()[0].split() == ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"]
+    assert "#[Max     =        1.000" in text  # milliseconds
+    assert "Total" in LatencyRecorder().percentile_distribution()
