@@ -46,6 +46,8 @@ def validate_open_args(rate: float, duration: float, read_fraction: float = 0.5,
     if not isinstance(duration, (int, float)) or isinstance(duration, bool) or not duration > 0 \
             or not math.isfinite(duration):
         raise ValueError(f"duration must be > 0 seconds, got {duration!r}")
+    if round(rate * duration) < 1:
+        raise ValueError(f"rate x duration = {rate * duration:g}: not even one request")
     if rate * duration > MAX_REQUESTS:
         raise ValueError(f"rate x duration = {rate * duration:.0f} requests; at most {MAX_REQUESTS}")
     if not 0.0 <= read_fraction <= 1.0:

@@ -5,7 +5,9 @@ inside its [invoke, complete] interval, and reads return the record at that poin
 order (its client gave up) takes effect at its point or never, at random, and its process is
 replaced by a fresh one, as in a real history.
 
-`python -m loadgen.synthetic --ops 100000` writes such a history and times the checker on it.
+`python -m loadgen.synthetic --ops 100000` makes such a history and times the checker on it;
+`python -m loadgen.synthetic --stale-copy RUN_DIR DEST` copies a run directory with one read of its
+history edited to return an older order number (which the checker must reject).
 """
 
 from __future__ import annotations
@@ -145,7 +147,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--time-limit", type=float, default=300.0)
     parser.add_argument("--write", metavar="FILE", help="also write the history as JSON lines")
+    parser.add_argument("--stale-copy", nargs=2, metavar=("RUN_DIR", "DEST"),
+                        help="copy RUN_DIR to DEST with one read made stale, and say which")
     args = parser.parse_args(argv)
+    if args.stale_copy:
+        import json
+        import shutil
+        from pathlib import Path
+
+        from loadgen.history import load_history
+
+        src, dest = map(Path, args.stale_copy)
+        records = load_history(src / "history.jsonl")
+        mutated = stale_read(records, random.Random(args.seed))
+        if mutated is None:
+            print("no read in that history can be made stale", file=sys.stderr)
+            return 1
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("logs", "report.png", "samples.npz"))
+        with open(dest / "history.jsonl", "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in mutated[0])
+        print(mutated[1])
+        return 0
     t = time.monotonic()
     records, final, _ = legal_history(args.ops, customers=args.customers, processes=args.processes,
                                       seed=args.seed, info_fraction=args.info)

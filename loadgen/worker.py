@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from loadgen.client import ClientEngine, Op, OpResult, error_reason
-from loadgen.history import F_ORDER, F_READ, HistoryRecorder, ProcessIds, Record, merge_records
+from loadgen.history import HistoryRecorder, ProcessIds, Record, classify, merge_records
 from loadgen.load import LoadResult, run_load, validate_load_args
 from loadgen.openloop import (
     Completion,
@@ -48,6 +48,7 @@ __all__ = ["Collector", "LoadSpec", "RunOutput", "run_spec"]
 F_CODES = {int(RequestType.ORDER): 0, int(RequestType.READ): 1, int(RequestType.BULK_READ): 2}
 F_NAMES = ("order", "read", "bulk read")
 OUTCOMES = ("ok", "fail", "info")
+_COUNT_KEYS = [{kind: f"{name} {kind}" for kind in OUTCOMES} for name in F_NAMES]
 START_BARRIER_S = 60.0  # workers must be connected within this long
 START_MARGIN_S = 0.2  # the common start is this far after the last worker is ready
 
@@ -109,7 +110,11 @@ class LoadSpec:
 
 class Collector:
     """Everything one worker measured; `to_wire`/`from_wire` carry it between processes and
-    `merge` adds another worker's."""
+    `merge` adds another worker's.
+
+    During a run `record` only appends to flat arrays (a few hundred ns); the histograms are
+    filled by `flush()` afterwards (`LatencyRecorder.record_many_ns`, exact), so the
+    generator spends its time sending requests on schedule, not in pure-Python histogram code."""
 
     def __init__(self, *, keep_samples: bool = True, record_history: bool = True) -> None:
         self.latency = LatencyRecorder()  # ok operations: from the intended start (open loop)
@@ -126,6 +131,11 @@ class Collector:
         self.s_f = array("b")
         self.s_outcome = array("b")
         self.history = HistoryRecorder() if record_history else None
+        # not yet in the histograms: latency + its function code, service time, lag
+        self._p_lat = array("q")
+        self._p_lat_f = array("b")
+        self._p_service = array("q")
+        self._p_lag = array("q")
         self.first_ns = 0
         self.last_ns = 0
         self.issued = 0  # operations sent (or attempted)
@@ -137,28 +147,25 @@ class Collector:
     def record(self, process: int | None, op: Op, result: OpResult,
                intended_ns: int | None = None) -> str:
         f_code = F_CODES.get(int(op[0]), 2)
-        fname = F_NAMES[f_code]
         if self.history is not None and process is not None:
             kind = self.history.record_op(process, op, result)
         else:
             kind = None
         if kind is None:
-            from loadgen.history import classify
             kind = classify(result)
         start = result.start_ns
         end = result.end_ns or time.monotonic_ns()
         origin = intended_ns if intended_ns is not None else (start or end - result.latency_ns)
         self.issued += 1
-        self.counts[f"{fname} {kind}"] += 1
+        self.counts[_COUNT_KEYS[f_code][kind]] += 1
         if result.ok:
-            lat = max(0, end - origin) if intended_ns is not None else result.latency_ns
-            self.latency.record_ns(lat)
-            self.by_f[fname].record_ns(lat)
-            self.service.record_ns(result.latency_ns)
+            self._p_lat.append(max(0, end - origin) if intended_ns is not None else result.latency_ns)
+            self._p_lat_f.append(f_code)
+            self._p_service.append(result.latency_ns)
         else:
             self.errors[error_reason(result.error)] += 1
         if intended_ns is not None and start:
-            self.lag.record_ns(max(0, start - intended_ns))
+            self._p_lag.append(max(0, start - intended_ns))
         if self.keep_samples:
             self.s_start.append(origin)
             self.s_end.append(end)
@@ -168,6 +175,21 @@ class Collector:
             self.first_ns = origin
         self.last_ns = max(self.last_ns, end)
         return kind
+
+    def flush(self) -> None:
+        """Move the values recorded since the last flush into the histograms."""
+        if self._p_lat:
+            self.latency.record_many_ns(self._p_lat)
+            if len(set(self._p_lat_f)) == 1:
+                self.by_f[F_NAMES[self._p_lat_f[0]]].record_many_ns(self._p_lat)
+            else:
+                for code, name in enumerate(F_NAMES):
+                    vals = [v for v, f in zip(self._p_lat, self._p_lat_f) if f == code]
+                    self.by_f[name].record_many_ns(vals)
+            self.service.record_many_ns(self._p_service)
+        self.lag.record_many_ns(self._p_lag)
+        for arr in (self._p_lat, self._p_lat_f, self._p_service, self._p_lag):
+            del arr[:]
 
     # ------------------------------------------------------------------ totals
 
@@ -187,6 +209,7 @@ class Collector:
     # ------------------------------------------------------------------ transport
 
     def to_wire(self) -> dict[str, Any]:
+        self.flush()
         return {
             "latency": self.latency.encode(),
             "by_f": {k: v.encode() for k, v in self.by_f.items()},
@@ -227,6 +250,8 @@ class Collector:
         return c
 
     def merge(self, other: Collector) -> None:
+        self.flush()
+        other.flush()
         self.latency.merge(other.latency)
         for k, v in other.by_f.items():
             self.by_f[k].merge(v)
@@ -299,6 +324,7 @@ def run_worker(spec: LoadSpec, worker: int, start_at: Callable[[], float] | None
         col.engine_stats.update({"attempts": res.attempts, "redirects": res.redirects,
                                  "timeouts": res.timeouts})
         col.planned = len(my_customers) * (spec.orders if spec.req_type != RequestType.BULK_READ else 1)
+        col.flush()
         return col
 
     nodes = [(n.id, n.client_endpoint) for n in spec.config.nodes]
@@ -307,7 +333,7 @@ def run_worker(spec: LoadSpec, worker: int, start_at: Callable[[], float] | None
     try:
         with ClientEngine(nodes, attempt_timeout=spec.attempt_timeout_s,
                           deadline=spec.deadline_s, seed=spec.seed * 1000 + worker) as engine:
-            begin = start_at() if start_at is not None else time.monotonic() + 0.05
+            begin = start_at() if start_at is not None else time.monotonic() + START_MARGIN_S
             # The engine's sockets connect meanwhile; the schedule starts at the common time.
             schedule = OpenLoopSchedule(spec.rate, spec.duration, int(begin * 1e9),
                                         worker=worker, procs=spec.procs)
@@ -329,6 +355,7 @@ def run_worker(spec: LoadSpec, worker: int, start_at: Callable[[], float] | None
             engine.run(sessions, max_duration=max(0.1, stop_in))
             col.duration_s = time.monotonic() - max(t0, begin)
             col.engine_stats.update({k: engine.stats[k] for k in ("attempts", "redirects", "timeouts")})
+        col.flush()
     finally:
         if telemetry is not None:
             try:
@@ -388,7 +415,7 @@ def run_spec(spec: LoadSpec, *, on_start: Callable[[int], None] | None = None) -
         box: list[float] = []
 
         def start_at() -> float:
-            t = time.monotonic() + 0.05
+            t = time.monotonic() + START_MARGIN_S  # the engine's sockets connect meanwhile
             box.append(t)
             if on_start is not None:
                 on_start(int(t * 1e9))

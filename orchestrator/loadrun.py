@@ -23,17 +23,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadgen import runs
-from loadgen.checker import DEFAULT_TIME_LIMIT, check_history, check_run
-from loadgen.history import NEMESIS, HistoryError, merge_records, write_history
-from loadgen.stats import SUMMARY_KEYS
-from loadgen.worker import F_NAMES, LoadSpec, RunOutput, run_spec
+from typing import TYPE_CHECKING
+
 from orchestrator import procs
-from orchestrator.nemesis import FAULTS, Nemesis, parse_faults, read_final_state, settle
-from protocol.config import ClusterConfig
-from protocol.messages import RequestType
+
+if TYPE_CHECKING:  # the rest is imported when a command runs: every `lfctl` builds this parser
+    from loadgen.worker import RunOutput
+    from orchestrator.nemesis import Nemesis
+    from protocol.config import ClusterConfig
 
 DEFAULT_RUNS_DIR = "runs"
+DEFAULT_TIME_LIMIT = 60.0  # = loadgen.checker.DEFAULT_TIME_LIMIT
+FAULTS = ("kill-primary", "kill-backup", "pause", "restart", "wipe", "partition")  # = nemesis.FAULTS
 OPEN_LOOP_CUSTOMERS = 100
 FRESH_BASE_TRIES = 20
 
@@ -154,6 +155,12 @@ def _cli() -> Any:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    from loadgen import runs
+    from loadgen.checker import check_history
+    from loadgen.history import NEMESIS, merge_records, write_history
+    from loadgen.worker import LoadSpec, run_spec
+    from orchestrator.nemesis import Nemesis, parse_faults, read_final_state, settle
+
     cli = _cli()
     mode = _validate(args, cli)
     cl = cli.resolve_cluster(args)
@@ -299,14 +306,16 @@ def cmd_load(args: argparse.Namespace) -> int:
         print(text, flush=True)
         if check is not None and check.verdict != "valid":
             print(check.format_text(), flush=True)
+    if output.errors:  # a load process failed: whatever the check says, the run is incomplete
+        return 1
     if check is not None:
         return check.exit_code
-    if output.errors:
-        return 1
     return 0 if (faults or output.collector.failed == 0) else 1
 
 
 def _validate(args: argparse.Namespace, cli: Any) -> str:
+    from orchestrator.nemesis import parse_faults
+
     if args.rate is not None or args.duration is not None:
         if args.rate is None or args.duration is None:
             raise cli.UsageError("the open loop needs both --rate R and --duration S")
@@ -376,6 +385,8 @@ def _as_dict(rec: tuple) -> dict[str, Any]:
 
 def results_json(output: RunOutput, mode: str, args: argparse.Namespace, faults: list[str],
                  nemesis: Nemesis | None, customers: list[int], settled: Any) -> dict[str, Any]:
+    from loadgen.worker import F_NAMES
+
     col = output.collector
     spec = output.spec
     span_ns = (col.last_ns - output.started_ns) if col.last_ns and output.started_ns else 0
@@ -451,6 +462,8 @@ def _title(doc: dict[str, Any]) -> str:
 
 
 def _lat_line(lat: dict[str, Any]) -> str:
+    from loadgen.stats import SUMMARY_KEYS
+
     return "  ".join(f"{k} {lat[k]}" for k in SUMMARY_KEYS if k in lat)
 
 
@@ -509,6 +522,10 @@ def format_summary(doc: dict[str, Any], check: Any) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from loadgen import runs
+    from loadgen.checker import check_run
+    from loadgen.history import HistoryError
+
     cli = _cli()
     target = runs.resolve_run(args.run, args.runs_dir)
     if not target.exists():
@@ -527,6 +544,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from loadgen import runs
+    from loadgen.history import NEMESIS
+
     cli = _cli()
     target = runs.resolve_run(args.run, args.runs_dir)
     if not (target / "samples.npz").is_file():

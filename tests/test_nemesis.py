@@ -133,3 +133,13 @@ def test_nemesis_run_ends_valid(cluster: ClusterHandle):
         assert "INVALID" in out.stdout and "read ->" in out.stdout
     report = cluster.lfctl("report", str(run))
     assert report.returncode == 0, report.stderr
+
+
+def test_cli_constants_match_their_modules():
+    # orchestrator.loadrun repeats two constants so `lfctl` starts without importing the checker
+    import loadgen.checker
+    import orchestrator.loadrun
+    import orchestrator.nemesis
+
+    assert orchestrator.loadrun.FAULTS == orchestrator.nemesis.FAULTS
+    assert orchestrator.loadrun.DEFAULT_TIME_LIMIT == loadgen.checker.DEFAULT_TIME_LIMIT
