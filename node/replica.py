@@ -48,6 +48,10 @@ SNAPSHOT_CHUNK = 1 << 20
 # A ping unanswered for this many heartbeats is given up (the shell reopens its socket, so a late
 # reply can never be matched to a newer ping and stretch the lease).
 PING_TIMEOUT_HEARTBEATS = 2
+# A backup that answers the view service but makes no progress with us for this many failure
+# timeouts is proposed for removal (a partition between the two); generous, since removing a
+# healthy backup costs a catch-up.
+LAGGING_TIMEOUTS = 2
 MAX_PARKED_READS = 10_000
 
 
@@ -140,6 +144,7 @@ class Replica:
         self.parked_reads: list[tuple[object, ClientRequest]] = []
         self.view_start_index = 0  # reads wait until this is committed in the current primaryship
         self.lease_until = -1.0
+        self._last_tick = -1.0
         self.regressed: set[int] = set()  # backups that lost acknowledged entries: must leave the view
         self.lagging: set[int] = set()  # backups alive for the view service but not keeping up with us
 
@@ -384,13 +389,18 @@ class Replica:
 
     def _primary_tick(self, now: float) -> None:
         last = self.log.last_index
+        if now - self._last_tick > self.s.failure_timeout / 2:
+            # We were stalled ourselves (paused, starved of CPU): the peers' silence is ours.
+            for peer in self.peers.values():
+                peer.last_ack = now
+        self._last_tick = now
         for peer_id, peer in self.peers.items():
             if peer.match_index < last and now - peer.last_ack >= self.s.retransmit:
                 if now - peer.last_need[1] >= self.s.retransmit:
                     peer.next_index = peer.match_index + 1  # go back: something was lost
                     peer.last_need = (peer.next_index, now)
                     peer.inflight = 0  # and so were their answers
-            if peer_id in self.view.backups and peer.match_index < last and now - peer.last_ack >= self.s.failure_timeout:
+            if peer_id in self.view.backups and peer.match_index < last and now - peer.last_ack >= LAGGING_TIMEOUTS * self.s.failure_timeout:
                 self.lagging.add(peer_id)
             else:
                 self.lagging.discard(peer_id)

@@ -32,6 +32,7 @@ EXIT_PORT_IN_USE = 3
 EXIT_ALREADY_RUNNING = 4
 DRAIN_LIMIT = 2048  # messages taken from one socket per loop turn, so no socket starves the others
 PUSH_HWM = 100_000
+CLIENT_HWM = 100_000
 # pyzmq's flags are IntFlag members: `NOBLOCK | SNDMORE` goes through the enum machinery on every
 # frame, which profiling showed at ~7% of the primary's time.  Plain ints skip it.
 NOBLOCK = int(zmq.NOBLOCK)
@@ -63,6 +64,10 @@ class NodeServer:
         )
         self.ctx = zmq.Context.instance()
         self.client_sock = self.ctx.socket(zmq.ROUTER)
+        # One load generator may carry a thousand customers over one connection: the default
+        # HWM of 1,000 messages per peer would make the ROUTER silently drop replies beyond it.
+        self.client_sock.setsockopt(zmq.SNDHWM, CLIENT_HWM)
+        self.client_sock.setsockopt(zmq.RCVHWM, CLIENT_HWM)
         self.repl_sock = self.ctx.socket(zmq.PULL)
         self.control_sock = self.ctx.socket(zmq.REP)
         self._bind_all()

@@ -300,3 +300,15 @@ def test_primary_stops_counting_a_backup_that_restarted():
     rep.on_message(AppendReply(1, 2, True, 1, 999), 0.02)  # a new process answers for node 2
     assert drain(rep, 0.02)[2] == []  # not committed on its word
     assert rep.make_ping().remove == frozenset({2})
+
+
+def test_a_stalled_primary_does_not_blame_its_backups_but_a_silent_backup_is_proposed_for_removal():
+    rep = make(1, View(1, 1, frozenset({2})))
+    rep.on_tick(0.0)
+    rep.on_client_request("a", order(1, 1, 1), 0.0)
+    drain(rep, 0.0)
+    rep.on_tick(5.0)  # our own loop did not run for 5 s: the backup's silence proves nothing
+    assert rep.make_ping().remove == frozenset()
+    for t in (5.2, 5.4, 5.6, 5.8, 6.0):  # running normally now, and still no answer
+        rep.on_tick(t)
+    assert rep.make_ping().remove == frozenset({2})
