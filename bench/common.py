@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -316,6 +315,22 @@ class Cluster:
             wait_for(quiet, timeout, "the cluster to settle", interval=0.02)
         except TimeoutError:
             pass
+
+    def view_log(self, since_view: int) -> list[str]:
+        """The supervisor's log lines explaining view changes after `since_view` ("view 3 -> 4:
+        ... (node 2 failed)"), for a benchmark point that saw the view change."""
+        import re
+
+        try:
+            lines = (self.data_dir / "supervisor.log").read_text(errors="replace").splitlines()[-400:]
+        except OSError:
+            return []
+        out = []
+        for line in lines:
+            m = re.search(r"view (\d+) -> \d+: .*", line)
+            if m and int(m.group(1)) >= since_view:
+                out.append(m.group(0))
+        return out[-10:]
 
     # -- teardown
 

@@ -26,7 +26,6 @@ import argparse
 import signal
 import struct
 import sys
-import time
 from collections import deque
 from pathlib import Path
 

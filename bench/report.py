@@ -253,10 +253,37 @@ def section_profile() -> list[str]:
     return out
 
 
+def section_view_changes() -> list[str]:
+    """Points during which the cluster changed views (a backup dropped and re-admitted, or a
+    primary deposed): under CPU starvation that happens, and the point's figures carry it."""
+    rows = []
+    for name in ("limit", "nodes", "saturation", "durability"):
+        d = load(name)
+        if not d:
+            continue
+
+        def walk(obj, path):
+            if isinstance(obj, dict):
+                if "view_changes" in obj:
+                    for vc in obj["view_changes"]:
+                        rows.append([name, path, f"{vc['from']['number']} → {vc['to']['number']}",
+                                     "; ".join(vc.get("supervisor_log", []))[:300] or "–"])
+                for k, v in obj.items():
+                    if k not in ("raw_runs", "machine", "settings"):
+                        walk(v, f"{path}/{k}" if path else k)
+
+        walk(d, "")
+    if not rows:
+        return []
+    out = ["### View changes during measured points", ""]
+    out += table(["experiment", "point", "view", "supervisor's reason"], rows)
+    return out
+
+
 def render() -> str:
     lines: list[str] = []
     for sec in (section_machine, section_limit, section_nodes, section_peer, section_saturation, section_failover,
-                section_memory, section_durability, section_profile):
+                section_memory, section_durability, section_profile, section_view_changes):
         lines += sec()
     return "\n".join(lines).rstrip() + "\n"
 

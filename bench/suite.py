@@ -32,7 +32,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (sets up sys.path for the project packages)
-from common import Children, Cluster, CpuMeter, log, ratio, rss_bytes, stats, wait_for, write_result  # noqa: E402
+from common import Cluster, CpuMeter, log, ratio, rss_bytes, stats, write_result  # noqa: E402
 from driver import closed_loop, engine_closed_loop, open_loop  # noqa: E402
 from relay import Relay  # noqa: E402
 
@@ -167,8 +167,9 @@ def cluster_point(cl: Cluster, pids: dict[str, int], fn: Callable[[str], dict]) 
     r = measured(pids, lambda: fn(cl.endpoints(before["view"]["primary"])))
     after = cl.status()["view"]
     if after["number"] != before["view"]["number"]:
-        r["view_changed"] = {"from": before["view"], "to": after}
-        log(f"  view changed during the point: {before['view']} -> {after}")
+        why = cl.view_log(before["view"]["number"])
+        r["view_changed"] = {"from": before["view"], "to": after, "supervisor_log": why}
+        log(f"  view changed during the point: {before['view']} -> {after}: {' | '.join(why)}")
     return r
 
 
@@ -676,14 +677,14 @@ RUNNERS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(EXPERIMENTS), help=f"comma-separated subset of {','.join(EXPERIMENTS)}")
-    parser.add_argument("--long", action="store_true", help="10 s points, 5 repeats (about 4x the time)")
+    parser.add_argument("--long", action="store_true", help="10 s points, 5 repeats, no time budget (~40 min)")
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--duration", type=float, help="measured seconds per point")
     parser.add_argument("--memory-customers", type=int)
     parser.add_argument("--trials", type=int, help="failover trials")
     parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--budget", type=float, default=540.0, metavar="S",
-                        help="wall-time budget of the suite (default 540 s; 0 = none): the memory experiment, "
+    parser.add_argument("--budget", type=float, default=500.0, metavar="S",
+                        help="wall-time budget of the suite (default 500 s; 0 = none): the memory experiment, "
                              "which runs last, loads customers only for what is left of it")
     args = parser.parse_args(argv)
     s = Settings()
