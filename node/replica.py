@@ -74,11 +74,11 @@ class ReplicaSettings:
     snapshot_every: int = 100_000
     max_bulk_read: int = 100_000
     max_pending: int = 100_000
-    # Adaptive batching: a new batch goes to a peer only while fewer than this many are
+    # A new batch goes to a peer only while fewer than this many are
     # unacknowledged; meanwhile new entries pile up into the next, larger batch.  Under load that
     # cuts messages (and CPU) per order on both sides without adding latency: the entries would
     # have waited for those acks anyway.
-    max_inflight_batches: int = 2
+    max_inflight_batches: int = 8
 
     @classmethod
     def from_config(cls, rc) -> "ReplicaSettings":
