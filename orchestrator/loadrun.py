@@ -211,7 +211,6 @@ def cmd_load(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise cli.UsageError(str(exc)) from None
 
-    run_dir = runs.new_run_dir(args.runs_dir) if record else None
     nemesis_records: list[tuple] = []
     nemesis = None
     if faults:
@@ -258,6 +257,8 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     doc = results_json(output, mode, args, faults, nemesis, customers, settled)
     check = None
+    # Made only now, so an interrupted load leaves no empty run behind `runs/latest`.
+    run_dir = runs.new_run_dir(args.runs_dir) if record else None
     if run_dir is not None:
         assert final_state is not None
         history = merge_records(output.collector.history.raw() if output.collector.history else [],
