@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 import psutil
 
 from orchestrator import procs
+from orchestrator.argtypes import node_arg, positive_int
 from orchestrator.control import SCHEMA_VERSION, ControlError, request
 from protocol.config import ClusterConfig, ConfigError, dump_config, load_config, with_overrides
 
@@ -714,28 +715,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message}\n")
-
-
-def node_arg(text: str) -> int | str:
-    if text in ("primary", "backup"):
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a node id, \"primary\" or \"backup\", got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"node ids start at 1, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def build_parser() -> Parser:

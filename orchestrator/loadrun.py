@@ -26,6 +26,7 @@ from typing import Any
 from typing import TYPE_CHECKING
 
 from orchestrator import procs
+from orchestrator.argtypes import positive_int
 
 if TYPE_CHECKING:  # the rest is imported when a command runs: every `lfctl` builds this parser
     from loadgen.worker import RunOutput
@@ -40,16 +41,6 @@ FRESH_BASE_TRIES = 20
 
 
 # --------------------------------------------------------------------------- arguments
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -74,10 +65,10 @@ def _fraction(text: str) -> float:
 
 def add_load_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("closed loop (the original workloads)")
-    g.add_argument("--customers", type=_positive_int, metavar="C",
+    g.add_argument("--customers", type=positive_int, metavar="C",
                    help="closed loop: C concurrent customers; open loop: customers to draw from "
                         f"(default {OPEN_LOOP_CUSTOMERS})")
-    g.add_argument("--orders", type=_positive_int, metavar="K", help="operations per customer (closed loop)")
+    g.add_argument("--orders", type=positive_int, metavar="K", help="operations per customer (closed loop)")
     g.add_argument("--type", type=int, choices=(1, 2, 3), default=1,
                    help="closed loop request type: 1 order, 2 read, 3 bulk read")
     g.add_argument("--max-duration", type=_positive_float, default=300.0, metavar="S",
@@ -87,14 +78,14 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--duration", type=_positive_float, metavar="S", help="seconds of requests")
     g.add_argument("--reads", type=_fraction, default=0.5, metavar="F",
                    help="fraction of reads, the rest are orders (default 0.5)")
-    g.add_argument("--max-inflight", type=_positive_int, default=1000, metavar="N",
+    g.add_argument("--max-inflight", type=positive_int, default=1000, metavar="N",
                    help="requests outstanding at most; later ones wait, and their wait counts as "
                         "latency (default 1000)")
     g.add_argument("--drain", type=float, default=None, metavar="S",
                    help="after the last request is due, wait at most S s for outstanding ones "
                         "(default: the client deadline, at most 30)")
     g = p.add_argument_group("both")
-    g.add_argument("--procs", type=_positive_int, default=1, metavar="P",
+    g.add_argument("--procs", type=positive_int, default=1, metavar="P",
                    help="spread the clients over P processes (histograms are merged)")
     g.add_argument("--seed", type=int, default=0, help="seeds the workload and the nemesis (default 0)")
     g.add_argument("--customer-base", type=int, default=None, metavar="B",
@@ -137,7 +128,7 @@ def add_commands(add: Any) -> None:
     p = add("partition", cmd_partition, "cut nodes apart: `lfctl partition '1,2|3'` (or `1,2 3`); "
                                         "the view service stays with the first group")
     p.add_argument("groups", nargs="+", metavar="GROUPS", help="node groups: 1,2|3")
-    p.add_argument("--view-service-side", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--view-service-side", type=positive_int, default=1, metavar="N",
                    help="the group (1-based) the view service can still reach (default 1)")
     p.add_argument("--json", action="store_true")
 
