@@ -306,14 +306,14 @@ class Replica:
             upto = min(last, first + self.s.batch_max_entries - 1)
             prev = first - 1
             msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, tuple(log_.slice(first, upto)))
-            self.outbox.messages.append((peer_id, msg))
+            self.outbox.replicate.append((peer_id, msg))
             peer.next_index = upto + 1
             peer.inflight += 1
             sent = True
         if not sent and now - peer.last_sent >= self.s.heartbeat:
             prev = min(peer.next_index - 1, last)
             msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, ())
-            self.outbox.messages.append((peer_id, msg))
+            self.outbox.replicate.append((peer_id, msg))
             peer.inflight += 1  # it is answered like any append
             sent = True
         if sent:
@@ -326,7 +326,7 @@ class Replica:
         snap_index, snap_view, data = self.snapshot
         for offset in range(0, max(len(data), 1), SNAPSHOT_CHUNK):
             chunk = data[offset : offset + SNAPSHOT_CHUNK]
-            self.outbox.messages.append(
+            self.outbox.replicate.append(
                 (peer_id, SnapshotChunk(self.view, self.id, snap_index, snap_view, offset, len(data), chunk))
             )
         peer.snapshot_sent = now

@@ -148,6 +148,9 @@ class Simulation:
         self.disks = {n: SimStorage() for n in self.ids}
         self.replicas: dict[int, Replica | None] = {}
         self.paused: dict[int, list] = {}  # node -> messages held while paused
+        # Nodes that crash in their next flush that has appends to send and records to persist:
+        # after sending the appends, before the disk write (the window the shell's order opens).
+        self.crash_in_flush: set[int] = set()
         self.ping_out: dict[int, tuple[int, float] | None] = {}
         self.ping_seq = 0
         self.cut: set[frozenset[int]] = set()  # pairs that cannot talk
@@ -165,7 +168,7 @@ class Simulation:
         self.ops: dict[int, _Op] = {}
         self.next_order: dict[int, int] = {}
         self.req_counter = 0
-        self.stats = {"acked": 0, "reads": 0, "failed": 0, "faults": 0, "views": 0}
+        self.stats = {"acked": 0, "reads": 0, "failed": 0, "faults": 0, "views": 0, "mid_flush_crashes": 0}
         self.clients_active = True
         for n in self.ids:
             self._start(n)
@@ -208,8 +211,18 @@ class Simulation:
         self._log(f"node {n} started (incarnation {incarnation:x})")
 
     def _flush(self, n: int) -> None:
+        """The shell's order (node/server.py): appends, storage, acknowledgements, replies."""
         rep = self.replicas[n]
         out = rep.flush(self.now)
+        for peer, msg in out.replicate:
+            self._send(n, peer, msg)
+        if n in self.crash_in_flush and out.replicate and out.persist:
+            self.crash_in_flush.discard(n)
+            self.stats["mid_flush_crashes"] += 1
+            out.clear()
+            self._crash(n, noticed=self.rng.random() < 0.7)
+            self._log(f"node {n} crashed after sending appends, before writing them")
+            return
         if out.persist:
             self.disks[n].write(out.persist)
         for peer, msg in out.messages:
@@ -309,7 +322,10 @@ class Simulation:
         if kind == "crash" and live:
             n = self.rng.choice(live)
             if self.cfg.durability != "memory":
-                self._crash(n, noticed=self.rng.random() < 0.7)  # the supervisor usually sees the exit
+                if self.rng.random() < 0.3:
+                    self.crash_in_flush.add(n)
+                else:
+                    self._crash(n, noticed=self.rng.random() < 0.7)  # the supervisor usually sees the exit
             elif self._others_hold_data(n):
                 self._crash(n, noticed=True)
         elif kind == "restart" and down:
@@ -356,6 +372,7 @@ class Simulation:
 
     def _crash(self, n: int, noticed: bool) -> None:
         self.replicas[n] = None
+        self.crash_in_flush.discard(n)
         self.paused.pop(n, None)
         self.ping_out[n] = None
         if self.cfg.durability == "memory":
@@ -373,6 +390,7 @@ class Simulation:
 
     def _heal_all(self) -> None:
         self.cut.clear()
+        self.crash_in_flush.clear()
         for n in sorted(self.paused):
             self._resume(n)
         for n in self.ids:

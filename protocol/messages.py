@@ -203,14 +203,18 @@ Message = ClientRequest | ClientReply | ReplicationMessage | Ping | ViewReply
 class Outbox:
     """What a sans-IO core asks its shell to do after one step.
 
-    The shell must write `persist` (and `snapshot`) durably *before* it sends `messages` or
-    `replies`: that ordering is what makes "written before acknowledged" hold."""
+    The shell must write `persist` durably *before* it sends `messages` or `replies`: that
+    ordering is what makes "written before acknowledged" hold.  `replicate` (a primary's appends
+    and snapshot chunks) promises nothing about this node's own storage, so the shell sends it
+    *first*: the primary's disk write then overlaps the backups' work instead of delaying it."""
 
+    replicate: list[tuple[int, ReplicationMessage]] = field(default_factory=list)  # (peer, msg)
     persist: list = field(default_factory=list)  # storage records, see node.storage
     messages: list[tuple[int, ReplicationMessage]] = field(default_factory=list)  # (peer, msg)
     replies: list[tuple[object, ClientReply]] = field(default_factory=list)  # (client token, reply)
 
     def clear(self) -> None:
+        self.replicate.clear()
         self.persist.clear()
         self.messages.clear()
         self.replies.clear()

@@ -19,8 +19,8 @@ from loadgen.client import Client
 from loadgen.load import run_load
 from orchestrator import procs
 from orchestrator.control import request
-from protocol.codec import decode_json, encode_json
-from protocol.messages import CustomerRecord
+from protocol.codec import decode, decode_json, encode, encode_json
+from protocol.messages import ClientRequest, CustomerRecord, ErrorCode, ErrorReply, LaptopInfo
 from tests.conftest import PYTHON, ClusterHandle, lfctl_env, processes_using, wait_for
 
 pytestmark = pytest.mark.integration
@@ -215,6 +215,40 @@ def test_malformed_control_frames_get_an_error_reply(cluster: ClusterHandle):
     dealer.send_multipart([b"only-one-frame"])
     dealer.close()
     assert cluster.status()["ready"] is True
+
+
+def test_malformed_client_messages_are_dropped_and_the_node_keeps_serving(cluster: ClusterHandle):
+    """Every shape of client message that is not [b"", request] is consumed whole and counted;
+    the requests after it on the same connection are still read frame by frame correctly."""
+    status = cluster.wait_in_sync()
+    primary = next(n for n in cluster.config.nodes if n.id == status["view"]["primary"])
+    ctx = zmq.Context.instance()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(primary.client_endpoint)
+    try:
+        dealer.send_multipart([b"only-one-frame"])  # no delimiter
+        dealer.send_multipart([b"not-empty", encode(ClientRequest(1, 1, 7, 1))])  # bad delimiter
+        dealer.send_multipart([b"", encode(ClientRequest(2, 1, 7, 2)), b"extra", b"frames"])  # too many
+        dealer.send_multipart([b""])  # delimiter only
+        dealer.send_multipart([b"", b"\x01\x99garbage"])  # undecodable: answered with an error
+        dealer.send_multipart([b"", encode(ClientRequest(3, 1, 7, 3))])
+        replies = []
+        while len(replies) < 2:
+            assert dealer.poll(5000), f"no reply after {replies}"
+            frames = dealer.recv_multipart()
+            assert frames[0] == b"" and len(frames) == 2
+            replies.append(decode(frames[1]))
+    finally:
+        dealer.close()
+    error, info = replies
+    assert isinstance(error, ErrorReply) and error.code == ErrorCode.PROTOCOL
+    assert isinstance(info, LaptopInfo) and (info.req_id, info.customer_id, info.order_number) == (3, 7, 3)
+    node = request(primary.control_endpoint, {"cmd": "status"}, 5.0, what="primary")
+    assert node["bad_frames"] == 5
+    with Client(cluster.config) as client:
+        result = client.read(7)
+    assert result.ok and (result.reply.customer_id, result.reply.last_order) == (7, 3)
 
 
 def test_sigterm_to_the_supervisor_is_down(cluster: ClusterHandle):

@@ -36,7 +36,7 @@ def make(node_id: int = 1, view: View | None = V1, recovered: Recovered | None =
 
 def drain(rep: Replica, now: float):
     out = rep.flush(now)
-    persist, messages, replies = list(out.persist), list(out.messages), list(out.replies)
+    persist, messages, replies = list(out.persist), list(out.replicate) + list(out.messages), list(out.replies)
     out.clear()
     return persist, messages, replies
 
