@@ -54,7 +54,7 @@ def run(orders: int, batch: int) -> float:
                 encode(reply)
                 answered += 1
             wakes = set()
-            for peer, msg in out.messages:
+            for peer, msg in (*out.replicate, *out.messages):
                 nodes[peer].on_message(decode(encode(msg)), now)
                 wakes.add(peer)
             out.clear()

@@ -43,6 +43,7 @@ from protocol.messages import (
 )
 
 log = logging.getLogger("node.replica")
+ORDER = int(RequestType.ORDER)
 
 SNAPSHOT_CHUNK = 1 << 20
 # A ping unanswered for this many heartbeats is given up (the shell reopens its socket, so a late
@@ -88,6 +89,7 @@ class ReplicaSettings:
             failure_timeout=rc.failure_timeout_ms / 1000,
             retransmit=rc.retransmit_ms / 1000,
             batch_max_entries=rc.batch_max_entries,
+            max_inflight_batches=rc.max_inflight_batches,
             snapshot_every=rc.snapshot_every,
             max_bulk_read=rc.max_bulk_read,
             max_pending=rc.max_pending,
@@ -159,7 +161,7 @@ class Replica:
             hint = self.view.primary if self.view.primary != self.id else NO_NODE
             self._reply(client, ErrorReply(req.req_id, ErrorCode.NOT_PRIMARY, hint, f"node {self.id} is not primary"))
             return
-        if req.type == RequestType.ORDER:
+        if req.type == ORDER:
             self._order(client, req)  # safe without a lease: it commits only with every backup's ack
         elif req.type == RequestType.READ or req.type == RequestType.BULK_READ:
             if now >= self.lease_until:
@@ -257,7 +259,7 @@ class Replica:
     # ------------------------------------------------------------------ primary: requests
 
     def _order(self, client: object, req: ClientRequest) -> None:
-        key = order_key(req.customer_id, req.order_number)
+        key = ((req.customer_id & 0xFFFFFFFF) << 32) | (req.order_number & 0xFFFFFFFF)  # order_key, inlined: hot
         engineer = self.book.orders.get(key)
         if engineer is not None:  # already committed: answer again, do not append twice
             self._reply(client, self._laptop(req, engineer))
@@ -275,7 +277,7 @@ class Replica:
         self.waiters[index] = [(client, req)]
 
     def _laptop(self, req: ClientRequest, engineer: int) -> LaptopInfo:
-        return LaptopInfo(req.req_id, req.customer_id, req.order_number, RequestType.ORDER, engineer, self.id)
+        return LaptopInfo(req.req_id, req.customer_id, req.order_number, ORDER, engineer, self.id)
 
     def _answer_read(self, client: object, req: ClientRequest) -> None:
         self.ops += 1
@@ -574,28 +576,33 @@ class Replica:
         self.commit_index = commit
         first = self.applied_index + 1
         if commit >= first:
-            apply = self.book.apply
-            engineers = self.book.orders
-            waiters = self.waiters
-            pending = self.pending_keys
-            index = first
-            for entry in self.log.slice(first, commit):
-                key = apply(entry)
-                if pending:
-                    pending.pop(key, None)
-                if waiters:
-                    waiting = waiters.pop(index, None)
-                    if waiting:
-                        engineer = engineers[key]  # the first acceptance, should this entry repeat an order
-                        for client, req in waiting:
-                            self._reply(client, self._laptop(req, engineer))
-                        self.ops += len(waiting)
-                index += 1
+            keys = self.book.apply_all(self.log.slice(first, commit))
+            if self.pending_keys or self.waiters:  # a primary: answer whoever waits on these
+                self._answer_committed(first, keys)
         self.applied_index = max(self.applied_index, commit)
         if self.parked_reads and commit >= self.view_start_index and self.role is Role.PRIMARY:
             parked, self.parked_reads = self.parked_reads, []
             for client, req in parked:
                 self._answer_read(client, req)
+
+    def _answer_committed(self, first: int, keys: list[int]) -> None:
+        """Reply to the clients waiting on the entries from `first` on (their keys in order).
+        Builds the replies inline rather than through `_reply`/`_laptop`: once per order."""
+        pending = self.pending_keys
+        waiters = self.waiters
+        engineers = self.book.orders
+        replies = self.outbox.replies
+        me = self.id
+        answered = 0
+        for index, key in enumerate(keys, first):
+            pending.pop(key, None)
+            waiting = waiters.pop(index, None)
+            if waiting:
+                engineer = engineers[key]  # the first acceptance, should this entry repeat an order
+                for client, req in waiting:
+                    replies.append((client, LaptopInfo(req.req_id, req.customer_id, req.order_number, ORDER, engineer, me)))
+                answered += len(waiting)
+        self.ops += answered
 
     def _take_snapshot(self) -> None:
         index = self.applied_index

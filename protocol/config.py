@@ -87,6 +87,7 @@ class ReplicationConfig:
     lease_ms: int = 400
     retransmit_ms: int = 100
     batch_max_entries: int = 1024
+    max_inflight_batches: int = 8
     durability: str = "wal"
     snapshot_every: int = 100_000
     max_bulk_read: int = 100_000
@@ -262,6 +263,7 @@ _REPLICATION_CHECKS: dict[str, Callable[[Any], Any]] = {
     "lease_ms": _positive_int,
     "retransmit_ms": _positive_int,
     "batch_max_entries": _positive_int,
+    "max_inflight_batches": _positive_int,
     "durability": _durability,
     "snapshot_every": _positive_int,
     "max_bulk_read": _positive_int,

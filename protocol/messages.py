@@ -3,6 +3,13 @@
 The codec (`protocol.codec`) turns these into bytes and back; the sans-IO cores consume and
 produce them.  Keeping them as data, with no behaviour, is what lets the simulator pass them
 between replicas without sockets.
+
+All of them are values: nothing changes a message after building it.  The ones built for every
+order or batch (requests, replies, appends and their acks) are not `frozen` all the same: a
+frozen dataclass sets each field through `object.__setattr__`, which made building one 4-5x
+slower (1.1-1.4 us against 0.25 us per object, measured with timeit), twice per order on the
+primary.  They keep value equality and hashing (`unsafe_hash`: safe because they are never
+mutated).
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ RETRYABLE_ERRORS = frozenset({ErrorCode.NOT_PRIMARY, ErrorCode.UNAVAILABLE, Erro
 # --------------------------------------------------------------------------- client <-> node
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # a value, not frozen: see the module docstring
 class ClientRequest:
     """Type 1: order (customer_id, order_number).  Type 2: read customer_id (order_number 0).
     Type 3: bulk read of customers [customer_id, order_number) -- lo and hi share the two fields
@@ -56,7 +63,7 @@ class ClientRequest:
     order_number: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # a value, not frozen: see the module docstring
 class LaptopInfo:
     """Reply to an order.  engineer_id: the node that accepted the order from the client;
     admin_id: the primary that committed it and answered."""
@@ -69,7 +76,7 @@ class LaptopInfo:
     admin_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # a value, not frozen: see the module docstring
 class CustomerRecord:
     """Reply to a read; (-1, -1) when the customer has no record."""
 
@@ -86,7 +93,7 @@ class RecordList:
     records: tuple[tuple[int, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # a value, not frozen: see the module docstring
 class ErrorReply:
     req_id: int
     code: int
@@ -119,7 +126,7 @@ NO_VIEW = View(0, NO_NODE, frozenset())
 Entry = tuple[int, int, int, int]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # a value, not frozen: see the module docstring
 class Append:
     """Primary -> backup or learner.  Carries the full view so a backup can adopt a newer view
     from its primary without waiting for its own ping.  Empty `entries` is a heartbeat that
@@ -133,7 +140,7 @@ class Append:
     entries: tuple[Entry, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # a value, not frozen: see the module docstring
 class AppendReply:
     """Backup -> primary.  ok: `index` is the backup's last index (everything up to it matches).
     not ok: `index` is the next index the backup needs.  `view_number` lets a deposed primary
