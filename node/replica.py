@@ -18,6 +18,7 @@ Protocol summary (see docs/architecture.md for the safety argument):
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
@@ -99,7 +100,7 @@ class ReplicaSettings:
 class _Peer:
     """What the primary knows about one backup or learner in the current primaryship."""
 
-    __slots__ = ("next_index", "match_index", "incarnation", "last_ack", "last_sent", "last_need", "snapshot_sent", "inflight")
+    __slots__ = ("next_index", "match_index", "incarnation", "last_ack", "last_sent", "last_need", "snapshot_sent", "unacked")
 
     def __init__(self, next_index: int, now: float) -> None:
         self.next_index = next_index  # next entry to send (optimistic: advanced when sent)
@@ -109,7 +110,9 @@ class _Peer:
         self.last_sent = -1.0
         self.last_need = (0, -1.0)  # (index, time) of the last "need" acted on: damps duplicates
         self.snapshot_sent = -1.0
-        self.inflight = 0  # appends sent and not yet answered
+        # Last index of each append sent and not yet answered, oldest first.  Counted by index,
+        # not by reply: a backup answers several appends of one loop turn with one reply.
+        self.unacked: deque[int] = deque()
 
 
 class Replica:
@@ -303,20 +306,21 @@ class Replica:
             self._send_snapshot(peer_id, peer, now)
             return
         sent = False
-        while peer.next_index <= last and peer.inflight < self.s.max_inflight_batches:
+        unacked = peer.unacked
+        while peer.next_index <= last and len(unacked) < self.s.max_inflight_batches:
             first = peer.next_index
             upto = min(last, first + self.s.batch_max_entries - 1)
             prev = first - 1
             msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, tuple(log_.slice(first, upto)))
             self.outbox.replicate.append((peer_id, msg))
             peer.next_index = upto + 1
-            peer.inflight += 1
+            unacked.append(upto)
             sent = True
         if not sent and now - peer.last_sent >= self.s.heartbeat:
             prev = min(peer.next_index - 1, last)
             msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, ())
             self.outbox.replicate.append((peer_id, msg))
-            peer.inflight += 1  # it is answered like any append
+            unacked.append(prev)  # it is answered like any append
             sent = True
         if sent:
             peer.last_sent = now
@@ -345,8 +349,12 @@ class Replica:
         peer = self.peers.get(msg.sender)
         if msg.view_number < self.view.number or peer is None:
             return
-        if peer.inflight:
-            peer.inflight -= 1
+        unacked = peer.unacked
+        if msg.ok:
+            while unacked and unacked[0] <= msg.index:
+                unacked.popleft()
+        elif unacked:
+            unacked.popleft()
         if peer.incarnation != msg.incarnation:
             if peer.incarnation:  # the peer restarted: whatever it acknowledged before may be gone
                 self._regress(msg.sender, peer, 0)
@@ -401,7 +409,7 @@ class Replica:
                 if now - peer.last_need[1] >= self.s.retransmit:
                     peer.next_index = peer.match_index + 1  # go back: something was lost
                     peer.last_need = (peer.next_index, now)
-                    peer.inflight = 0  # and so were their answers
+                    peer.unacked.clear()  # and so were their answers
             if peer_id in self.view.backups and peer.match_index < last and now - peer.last_ack >= LAGGING_TIMEOUTS * self.s.failure_timeout:
                 self.lagging.add(peer_id)
             else:
@@ -476,7 +484,17 @@ class Replica:
             self._set_commit(commit)
 
     def _send_reply(self, to: int, ok: bool, index: int) -> None:
-        self.outbox.messages.append((to, AppendReply(self.view.number, self.id, ok, index, self.incarnation)))
+        """One reply per loop turn where one will do: an ok reply covers every earlier ok reply
+        of the turn with a lower or equal index (a prefix of what it vouches for), so it replaces
+        them, as one cumulative acknowledgement.  Anything else stays a reply of its own."""
+        messages = self.outbox.messages
+        reply = AppendReply(self.view.number, self.id, ok, index, self.incarnation)
+        if ok and messages:
+            last_to, last = messages[-1]
+            if last_to == to and last.ok and last.index <= index and last.view_number == reply.view_number:
+                messages[-1] = (to, reply)
+                return
+        messages.append((to, reply))
 
     def _on_snapshot_chunk(self, msg: SnapshotChunk, now: float) -> None:
         if self.role is Role.IDLE or msg.view.number < self.view.number:

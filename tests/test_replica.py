@@ -150,6 +150,39 @@ def test_backup_appends_in_order_and_applies_up_to_commit():
     assert rep.book.records == {10: 0, 11: 0}
 
 
+def test_backup_answers_the_appends_of_one_turn_with_one_cumulative_reply():
+    rep = make(2)
+    rep.on_message(Append(V1, 1, 0, 0, 0, ((1, 10, 0, 1),)), 0.0)
+    rep.on_message(Append(V1, 1, 1, 1, 0, ((1, 11, 0, 1),)), 0.0)
+    rep.on_message(Append(V1, 1, 0, 0, 0, ((1, 10, 0, 1),)), 0.0)  # a late duplicate of the first
+    _, messages, _ = drain(rep, 0.0)
+    # ok(2) replaces ok(1); the duplicate's ok(1) vouches for less than what was already sent,
+    # so it is a reply of its own rather than a replacement that would hide index 2
+    assert messages == [(1, AppendReply(1, 2, True, 2, 102)), (1, AppendReply(1, 2, True, 1, 102))]
+    rep.on_message(Append(V1, 1, 5, 1, 0, ((1, 12, 0, 1),)), 0.01)  # a gap
+    rep.on_message(Append(V1, 1, 2, 1, 0, ((1, 12, 0, 1),)), 0.01)
+    _, messages, _ = drain(rep, 0.01)
+    assert messages == [(1, AppendReply(1, 2, False, 3, 102)), (1, AppendReply(1, 2, True, 3, 102))]
+
+
+def test_a_cumulative_reply_frees_every_append_it_covers():
+    settings = ReplicaSettings(heartbeat=0.05, lease=0.4, failure_timeout=0.5, retransmit=0.1, batch_max_entries=4,
+                               snapshot_every=1000, max_inflight_batches=2)
+    view = View(1, 1, frozenset({2}))
+    rep = make(1, view, settings=settings)  # its first heartbeat (prev 0) is in flight
+    rep.on_client_request("c1", order(1, 11, 0), 0.01)
+    assert [m.entries for _, m in drain(rep, 0.01)[1]] == [((1, 11, 0, 1),)]  # two in flight now
+    rep.on_client_request("c2", order(2, 12, 0), 0.01)
+    assert drain(rep, 0.01)[1] == []  # the window is full: entry 2 waits
+    rep.on_message(AppendReply(1, 2, True, 1, 102), 0.02)  # answers the heartbeat and append 1
+    _, messages, replies = drain(rep, 0.02)
+    assert [m.entries for _, m in messages] == [((1, 12, 0, 1),)]
+    assert [client for client, _ in replies] == ["c1"]
+    rep.on_client_request("c3", order(3, 13, 0), 0.03)
+    # both earlier appends are answered, so only append 2 is in flight: entry 3 goes at once
+    assert [m.entries for _, m in drain(rep, 0.03)[1]] == [((1, 13, 0, 1),)]
+
+
 def test_backup_with_a_gap_says_which_index_it_needs():
     rep = make(2)
     rep.on_message(Append(V1, 1, 5, 1, 0, ((1, 1, 1, 1),)), 0.0)
