@@ -140,54 +140,11 @@ def log(msg: str) -> None:
 
 
 def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = cond()
-        except Exception as exc:  # a condition may race with a process that is coming up
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
-        time.sleep(interval)
+    return procs.poll_until(cond, timeout, what, interval)
 
 
-# --------------------------------------------------------------------------- ports
-
-PORT_RANGE = (20000, 32000)  # below the Linux ephemeral range
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` consecutive free ports (bind-checked now; a race with another process is possible
-    but unlikely in a random range)."""
-    import random
-
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    for _ in range(500):
-        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - count)
-        ports = list(range(base, base + count))
-        if procs.first_port_in_use(host, ports) is None:
-            return ports
-    raise RuntimeError(f"no {count} free consecutive ports")
-
-
-def find_free_base_port(nodes: int, host: str = "127.0.0.1") -> int:
-    """A base port whose every derived cluster port is free (as tests/conftest.py does)."""
-    import random
-
-    from protocol.config import with_overrides
-
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    span = 10 * (nodes + 1)
-    for _ in range(200):
-        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - span, 10)
-        ports = with_overrides(load_config(None), nodes=nodes, base_port=base).all_ports()
-        if procs.first_port_in_use(host, ports) is None:
-            return base
-    raise RuntimeError(f"no free base port for {nodes} nodes")
+free_ports = procs.free_ports
+find_free_base_port = procs.free_base_port
 
 
 # --------------------------------------------------------------------------- lfctl clusters

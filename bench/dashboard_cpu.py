@@ -35,17 +35,9 @@ import psutil  # noqa: E402
 
 from orchestrator import procs  # noqa: E402
 from orchestrator.control import request  # noqa: E402
-from protocol.config import load_config, with_overrides  # noqa: E402
+from protocol.config import load_config  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "dashboard_cpu.json"
-
-
-def free_base_port() -> int:
-    cfg = load_config(None)
-    for base in range(21000, 31000, 50):
-        if procs.first_port_in_use("127.0.0.1", with_overrides(cfg, base_port=base).all_ports()) is None:
-            return base
-    raise RuntimeError("no free base port")
 
 
 def lfctl(data_dir: Path, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
@@ -162,7 +154,7 @@ def main() -> int:
     configs = [int(x) for x in args.configs.split(",")]
     with tempfile.TemporaryDirectory(prefix="lfctl-dashcpu-") as tmp:
         data_dir = Path(tmp) / "data"
-        up = lfctl(data_dir, "up", "--detach", "--base-port", str(free_base_port()))
+        up = lfctl(data_dir, "up", "--detach", "--base-port", str(procs.free_base_port()))
         if up.returncode != 0:
             print(up.stdout, up.stderr, file=sys.stderr)
             return 1

@@ -30,9 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from loadgen.client import Client  # noqa: E402
 from loadgen.load import run_load  # noqa: E402
-from orchestrator import control  # noqa: E402
+from orchestrator import control, procs  # noqa: E402
 from protocol.config import load_config  # noqa: E402
-from tests.conftest import find_free_base_port  # noqa: E402
 
 
 def lfctl(data_dir: Path, *args: str) -> str:
@@ -56,7 +55,7 @@ def poll(cond, timeout: float, what: str):
 class Cluster:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        lfctl(data_dir, "up", "--detach", "--base-port", str(find_free_base_port(3)))
+        lfctl(data_dir, "up", "--detach", "--base-port", str(procs.free_base_port(3)))
         self.config = load_config(data_dir / "cluster.toml")
         self.endpoint = self.config.supervisor.control_endpoint
 

@@ -9,6 +9,7 @@ process behind it really is our supervisor or node for *this* data dir.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,11 +17,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal, TypeVar
 
 import psutil
 
 Kind = Literal["supervisor", "node"]
+T = TypeVar("T")
 
 # The directory that holds the `protocol`, `node`, `orchestrator` and `loadgen` packages.  Child
 # processes get it on PYTHONPATH so `python -m node` works without the project being installed.
@@ -227,6 +229,56 @@ def first_port_in_use(host: str, ports: list[int] | tuple[int, ...]) -> int | No
         if port_in_use(host, port):
             return port
     return None
+
+
+# Where tests and benchmarks look for free ports: below the Linux ephemeral range (32768+), so
+# outgoing connections do not take them.
+FREE_PORT_RANGE = (20000, 32000)
+
+
+def free_ports(count: int, host: str = "127.0.0.1", attempts: int = 500) -> list[int]:
+    """`count` consecutive ports that are free right now, from a random place in FREE_PORT_RANGE
+    (several test or benchmark processes may look at once; a race stays possible but unlikely)."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(attempts):
+        base = rng.randrange(FREE_PORT_RANGE[0], FREE_PORT_RANGE[1] - count)
+        ports = list(range(base, base + count))
+        if first_port_in_use(host, ports) is None:
+            return ports
+    raise RuntimeError(f"no {count} free consecutive ports in {FREE_PORT_RANGE}")
+
+
+def free_base_port(nodes: int = 3, host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """A base port at which every port a `nodes`-node cluster derives from it is free right now."""
+    from protocol.config import load_config, with_overrides
+
+    config = load_config(None)
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    span = 10 * (nodes + 1)
+    for _ in range(attempts):
+        base = rng.randrange(FREE_PORT_RANGE[0], FREE_PORT_RANGE[1] - span, 10)
+        if first_port_in_use(host, with_overrides(config, nodes=nodes, base_port=base).all_ports()) is None:
+            return base
+    raise RuntimeError(f"no free base port for {nodes} nodes in {FREE_PORT_RANGE}")
+
+
+def poll_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Call `condition` until it returns something truthy, and return that; TimeoutError naming
+    `what` and the last value (or exception) after `timeout` seconds.  An exception counts as
+    "not yet": a condition may race with a process that is coming up."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            last = condition()
+        except Exception as exc:
+            last = exc
+        else:
+            if last:
+                return last  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------- spawning

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import psutil
 import pytest
@@ -34,47 +32,26 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 T = TypeVar("T")
 
-# Below the Linux ephemeral range (32768+), so outgoing connections do not take our ports.
-PORT_RANGE = (20000, 32000)
-
-
 def cluster_ports(base_port: int, nodes: int) -> tuple[int, ...]:
     """Every port a cluster of `nodes` nodes at `base_port` binds (as the config derives them)."""
     return with_overrides(load_config(None), nodes=nodes, base_port=base_port).all_ports()
 
 
-def find_free_base_port(nodes: int = 3, host: str = "127.0.0.1", attempts: int = 200) -> int:
-    """A base port whose every derived port is free right now."""
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    span = 10 * (nodes + 1)
-    for _ in range(attempts):
-        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - span, 10)
-        if procs.first_port_in_use(host, cluster_ports(base, nodes)) is None:
-            return base
-    raise RuntimeError(f"no free base port for {nodes} nodes in {PORT_RANGE}")
+find_free_base_port = procs.free_base_port
 
 
 @pytest.fixture
 def free_base_port() -> Callable[..., int]:
     """`free_base_port(nodes=3)` -> a base port with every cluster port free."""
-    return find_free_base_port
+    return procs.free_base_port
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll `condition` until it returns something truthy; fail the test after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = condition()
-        except Exception as exc:  # a condition may race with a process that is coming up
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
-        time.sleep(interval)
+    try:
+        return procs.poll_until(condition, timeout, what, interval)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 def lfctl_env() -> dict[str, str]:
