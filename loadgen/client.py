@@ -12,8 +12,21 @@ Why this shape:
 * Every attempt of one operation carries the SAME `req_id`.  A late reply to an earlier attempt
   therefore completes the operation, which is correct: every attempt happens inside the
   operation's lifetime and orders are idempotent by `(customer_id, order_number)`.
+* Every DEALER has a socket monitor reporting `EVENT_DISCONNECTED`.  When the connection to a
+  node drops (its process died: the kernel closes its sockets), the operations waiting on that
+  node are retried on the next node at once, exactly as an attempt timeout would do, instead of
+  waiting out `attempt_timeout` for a reply that cannot come (with `IMMEDIATE=1` ZeroMQ drops
+  what was queued for a connection that is gone).  A paused or partitioned node does not
+  disconnect: the timeout still covers it.  ZeroMQ keeps reconnecting on its own; the monitor
+  only watches.
 * Everything runs in one thread around one `zmq.Poller`, so thousands of concurrent sessions cost
   no threads and the engine stays deterministic given the seed (apart from the network).
+* The per-operation path is written for CPU, because the client process shares a 2-core machine
+  with the cluster it measures: requests are packed with one precompiled `struct` (checked
+  against the codec at import), frames are sent and received one by one with plain-int flags
+  (`send_multipart`/`recv_multipart` cost 2-3x as much, see bench/zmq_calls_bench.py), a drain
+  asks `EVENTS` instead of ending on a raised `zmq.Again`, and attempt timers, which are armed
+  in time order, go to a FIFO instead of the heap.  bench/client_bench.py measures the result.
 
 `loadgen` imports only `protocol`; it must never import `node` or `orchestrator`.
 """
@@ -36,6 +49,7 @@ import zmq
 
 from protocol import codec
 from protocol.messages import (
+    PROTOCOL_VERSION,
     ClientReply,
     ClientRequest,
     CustomerRecord,
@@ -55,7 +69,7 @@ __all__ = ["Client", "ClientEngine", "Op", "OpResult", "Session", "Wait", "error
 Op = tuple[int, int, int]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # a value, not frozen: see below
 class OpResult:
     """The outcome of one operation, after all its attempts.
 
@@ -66,7 +80,12 @@ class OpResult:
     `start_ns` and `end_ns` (`time.monotonic_ns()`) bracket the operation: taken before its first
     attempt was sent and after its outcome was known, so the real operation happened inside
     `[start_ns, end_ns]` -- what a linearizability checker needs.  0 when not known (results
-    made by hand in tests)."""
+    made by hand in tests).
+
+    A value that nothing changes after it is built, but not `frozen`: one is built per operation
+    and a frozen dataclass sets each field through `object.__setattr__` (2.5 us against 0.35 us
+    per object, timeit), as for the per-order messages of protocol/messages.py.  Equality and
+    hashing are a value's (`unsafe_hash`, safe because it is never mutated)."""
 
     ok: bool
     reply: ClientReply | None
@@ -96,6 +115,22 @@ STOPPED_ERROR = "stopped: max duration reached"
 # pyzmq's flags are IntFlag members; combining or passing them goes through the enum machinery on
 # every call, which showed in profiles of the open loop.  A plain int does not.
 _NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_EVENT_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
+# A monitor event's first frame: event id u16, value u32, native order (libzmq >= 4).
+_MONITOR_EVENT = struct.Struct("=HI")
+
+# The ClientRequest layout (protocol/codec.py), packed directly: `codec.encode(ClientRequest(...))`
+# costs 1.1 us per request against 0.15 us for the pack.  Checked against the codec right here,
+# so a change of the wire format fails at import instead of sending garbage.
+_REQUEST = struct.Struct("<BBQiii")  # version, kind, req_id, type, customer_id, order_number
+_KIND_CLIENT_REQUEST = int(codec.Kind.CLIENT_REQUEST)
+if (_REQUEST.pack(PROTOCOL_VERSION, _KIND_CLIENT_REQUEST, 2**63 + 5, 3, -7, 2**31 - 1)
+        != codec.encode(ClientRequest(2**63 + 5, 3, -7, 2**31 - 1))):
+    raise ImportError("loadgen.client: the ClientRequest wire layout no longer matches protocol.codec")
 
 # Which successful reply answers which request type; anything else is a bad frame.
 _REPLY_FOR: dict[int, type] = {
@@ -103,6 +138,7 @@ _REPLY_FOR: dict[int, type] = {
     RequestType.READ: CustomerRecord,
     RequestType.BULK_READ: RecordList,
 }
+_REPLY_TYPES = frozenset({LaptopInfo, CustomerRecord, RecordList, ErrorReply})
 _FATAL_ERRORS = frozenset({ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE, ErrorCode.PROTOCOL})
 
 
@@ -120,27 +156,34 @@ class _Pending:
     """The in-flight state of one operation (internal, mutable)."""
 
     __slots__ = (
-        "session", "op", "req_id", "payload", "start_ns", "deadline", "attempts", "redirects",
-        "node", "in_flight", "timer_seq", "backoff", "fast_fails", "next_node", "last_error",
+        "session", "op", "req_id", "payload", "reply_type", "start_ns", "deadline", "attempts",
+        "redirects", "node", "in_flight", "timer_seq", "backoff", "fast_fails", "next_node",
+        "last_error",
     )
 
-    def __init__(self, session: Session, op: Op, req_id: int, payload: bytes, start_ns: int,
-                 deadline: float, backoff: float) -> None:
+    def __init__(self, session: Session, op: Op, req_id: int, payload: bytes, reply_type: type,
+                 start_ns: int, deadline: float, backoff: float) -> None:
         self.session = session
         self.op = op
         self.req_id = req_id
         self.payload = payload
+        self.reply_type = reply_type  # the successful reply this request type expects
         self.start_ns = start_ns
         self.deadline = deadline  # time.monotonic() seconds
         self.attempts = 0
         self.redirects = 0
         self.node = 0  # node of the current (or last) attempt
         self.in_flight = False  # True: waiting for a reply; False: backing off
-        self.timer_seq = -1  # only the heap entry with this seq is live
+        self.timer_seq = -1  # only the timer entry with this seq is live; -1: finished
         self.backoff = backoff  # next back-off delay before jitter
         self.fast_fails = 0  # refusals/redirects since the last wait; bounds spinning
         self.next_node = 0  # where to go when the back-off ends
         self.last_error = ""
+
+
+# A timer entry: (when in time.monotonic() seconds, seq, operation).  `seq` is unique, so an
+# operation is never compared; an entry is live only while its seq is the operation's timer_seq.
+_Timer = tuple[float, int, _Pending]
 
 
 class ClientEngine:
@@ -156,11 +199,13 @@ class ClientEngine:
     # "not connected" in practice; if it is ever hit the op just moves on, which is still safe.
     SNDHWM = 10_000
     RCVHWM = 10_000
-    MAX_DRAIN = 1_000  # frames read from one socket per loop turn, so no socket starves others
+    MAX_DRAIN = 1_000  # messages read from one socket per loop turn, so no socket starves others
     # Right after `connect()` every socket refuses sends until its TCP/ZMTP handshake is done
     # (IMMEDIATE=1).  For this long after construction a refusal means "not yet", so the op
     # waits for that node in short steps instead of wandering off to a non-primary; after it,
     # a refusal means "not connected" and costs nothing.  A dead node costs at most this once.
+    # A node whose connection dropped is not "still connecting": it is held (below) until after
+    # the grace is over.
     CONNECT_GRACE = 0.1
     CONNECT_POLL = 0.001
 
@@ -196,14 +241,23 @@ class ClientEngine:
         self._primary = self._ids[0]
         self.stats: dict[str, int] = {
             "attempts": 0, "redirects": 0, "timeouts": 0, "stale_replies": 0, "bad_frames": 0,
+            "disconnects": 0,
         }
         self._own_context = context is None
         self._ctx = zmq.Context() if context is None else context
         self._socks: dict[int, zmq.Socket] = {}
         self._node_of: dict[zmq.Socket, int] = {}
+        self._monitor_of: dict[zmq.Socket, int] = {}  # monitor PAIR socket -> node id
         self._poller = zmq.Poller()
         self._closed = False
         self._grace_until = time.monotonic() + self.CONNECT_GRACE
+        # After a node's connection drops, sends to it are refused here until this time.  libzmq
+        # reports the drop just before it retires the connection's pipe, so a send made at once
+        # could still be queued on the dead connection and silently lost (an attempt timeout
+        # wasted).  Holding the node for one reconnect interval closes that window and costs
+        # nothing: no new connection can exist sooner (libzmq waits at least RECONNECT_IVL).
+        self._held_until: dict[int, float] = {n: 0.0 for n in self._ids}
+        self._hold = 0.1
         try:
             for node_id, endpoint in sorted(nodes, key=lambda ne: int(ne[0])):
                 sock = self._ctx.socket(zmq.DEALER)
@@ -213,14 +267,26 @@ class ClientEngine:
                 sock.setsockopt(zmq.RCVHWM, self.RCVHWM)
                 self._socks[int(node_id)] = sock
                 self._node_of[sock] = int(node_id)
+                self._hold = max(0.0, sock.getsockopt(zmq.RECONNECT_IVL) / 1000.0)
+                # Only disconnections: the events that would fire every reconnect interval for a
+                # dead node (CONNECT_RETRIED, ...) would cost a wake-up each and tell us nothing.
+                monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+                monitor.setsockopt(zmq.LINGER, 0)
+                self._monitor_of[monitor] = int(node_id)
                 sock.connect(endpoint)
                 self._poller.register(sock, zmq.POLLIN)
+                self._poller.register(monitor, zmq.POLLIN)
         except BaseException:
             self.close()
             raise
         # Per-run state.
         self._active: dict[int, _Pending] = {}
-        self._timers: list[tuple[float, int, int]] = []  # (when, seq, req_id)
+        # Timers live in two places: `_fifo` takes every timer not earlier than its last entry,
+        # which is every attempt timer in steady state (they are armed at now + attempt_timeout
+        # in time order), at O(1); the rest (back-offs, connect polls, attempts clipped by an
+        # earlier deadline) go to the heap.  Both are ordered, so the earliest is at a front.
+        self._fifo: deque[_Timer] = deque()
+        self._timers: list[_Timer] = []
         self._seq = 0
         self._ready: deque[tuple[Session, Op | None, OpResult | None]] = deque()
         self._parked: list[tuple[float, int, Session]] = []  # sessions that yielded Wait
@@ -258,9 +324,16 @@ class ClientEngine:
         stop_at = time.monotonic() + max(0.0, float(max_duration))
         self._stopping = False
         finished = False
+        # Disconnections reported since the last run are taken now, while nothing is in flight:
+        # they hold their node (see `_held_until`) but hurry no attempt.  Taken later, they would
+        # hurry attempts of this run that went out on a newer connection.
+        for monitor in self._monitor_of:
+            self._on_monitor(monitor)
         try:
             for session in sessions:
                 self._ready.append((session, None, None))
+            node_of = self._node_of
+            poll = self._poller.poll
             while True:
                 self._pump_ready(on_result, stop_at)
                 now = time.monotonic()
@@ -270,12 +343,24 @@ class ClientEngine:
                 self._wake_parked(now)
                 if self._ready:
                     continue
-                wake = stop_at if not self._timers else min(stop_at, self._timers[0][0])
-                if self._parked:
-                    wake = min(wake, self._parked[0][0])
-                timeout_ms = max(0, math.ceil((wake - now) * 1000))
-                for sock, _ in self._poller.poll(timeout_ms):
-                    self._drain(sock)
+                wake = stop_at
+                if self._fifo and self._fifo[0][0] < wake:
+                    wake = self._fifo[0][0]
+                if self._timers and self._timers[0][0] < wake:
+                    wake = self._timers[0][0]
+                if self._parked and self._parked[0][0] < wake:
+                    wake = self._parked[0][0]
+                monitors: list[zmq.Socket] = []
+                for sock, _ in poll(max(0, math.ceil((wake - now) * 1000))):
+                    node = node_of.get(sock)
+                    if node is None:
+                        monitors.append(sock)
+                    else:
+                        self._drain(sock, node)
+                # After the replies: one that arrived just before its node went away completes
+                # its operation instead of being retried elsewhere.
+                for monitor in monitors:
+                    self._on_monitor(monitor)
             # Out of time (or done): whatever is still outstanding ends now, sessions are closed.
             self._stopping = True
             for p in list(self._active.values()):
@@ -295,15 +380,31 @@ class ClientEngine:
                     session.close()
             self._active.clear()
             self._ready.clear()
+            self._fifo.clear()
             self._timers.clear()
             self._parked.clear()
             self._stopping = False
 
     def close(self) -> None:
-        """Close the sockets (LINGER=0: nothing queued survives) and our own context."""
+        """Close the monitors and sockets (LINGER=0: nothing queued survives) and our own
+        context.  The monitors first: each is stopped on its socket before its PAIR end is
+        closed, so no socket is left open that would make `Context.term()` wait."""
         if self._closed:
             return
         self._closed = True
+        for monitor, node_id in self._monitor_of.items():
+            try:
+                self._poller.unregister(monitor)
+            except KeyError:
+                pass
+            sock = self._socks.get(node_id)
+            if sock is not None:
+                try:
+                    sock.disable_monitor()
+                except zmq.ZMQError:
+                    pass
+            monitor.close(linger=0)
+        self._monitor_of.clear()
         for sock in self._socks.values():
             try:
                 self._poller.unregister(sock)
@@ -330,29 +431,33 @@ class ClientEngine:
 
         Iterative (a queue, not recursion) so a session whose operations fail instantly cannot
         blow the stack; checks the clock every so often so it stays bounded in time."""
+        ready = self._ready
+        popleft = ready.popleft
+        monotonic = time.monotonic
         steps = 0
-        while self._ready:
+        while ready:
             steps += 1
-            if stop_at is not None and steps % 256 == 0 and time.monotonic() >= stop_at:
+            if stop_at is not None and steps % 256 == 0 and monotonic() >= stop_at:
                 return
-            session, op, result = self._ready.popleft()
-            if result is None and self._stopping:
-                session.close()  # never started: nothing to tell it
-                continue
-            if result is not None and op is not None and on_result is not None:
-                on_result(op, result)
+            session, op, result = popleft()
+            if result is None:
+                if self._stopping:
+                    session.close()  # never started: nothing to tell it
+                    continue
+            elif on_result is not None:
+                on_result(op, result)  # type: ignore[arg-type]  # op is set with every result
             try:
                 nxt = next(session) if result is None else session.send(result)
             except StopIteration:
                 continue
-            if self._stopping or (stop_at is not None and time.monotonic() >= stop_at):
+            if self._stopping or (stop_at is not None and monotonic() >= stop_at):
                 session.close()
                 continue
             if type(nxt) is Wait:
                 self._seq += 1
                 heapq.heappush(self._parked, (float(nxt.until), self._seq, session))
                 continue
-            self._start(session, nxt)
+            self._start(session, nxt)  # type: ignore[arg-type]  # not a Wait: an Op
 
     def _wake_parked(self, now: float) -> None:
         """Sessions whose `Wait` is over go back to the ready queue (resumed with None)."""
@@ -362,22 +467,27 @@ class ClientEngine:
             self._ready.append((session, None, None))
 
     def _start(self, session: Session, op: Op) -> None:
-        self._req_counter = (self._req_counter + 1) & 0xFFFFFFFF
-        req_id = self._req_base | self._req_counter
+        self._req_counter = counter = (self._req_counter + 1) & 0xFFFFFFFF
+        req_id = self._req_base | counter
         start_ns = time.monotonic_ns()
-        p = _Pending(session, op, req_id, b"", start_ns, time.monotonic() + self.deadline,
-                     self.BACKOFF_MIN)
+        now = start_ns * 1e-9  # the same clock as time.monotonic(), one call fewer
         try:
             req_type, customer_id, number = op
-            p.payload = codec.encode(ClientRequest(req_id, int(req_type), int(customer_id),
-                                                   int(number)))
+            reply_type = _REPLY_FOR.get(req_type)
+            if reply_type is None:
+                raise ValueError(f"request type {req_type!r} is not 1, 2 or 3")
+            payload = _REQUEST.pack(PROTOCOL_VERSION, _KIND_CLIENT_REQUEST, req_id,
+                                    int(req_type), int(customer_id), int(number))
         except (ValueError, TypeError, struct.error, OverflowError) as e:
             end_ns = time.monotonic_ns()
-            self._finish(p, OpResult(False, None, f"invalid request: {op!r}: {e}",
-                                     end_ns - start_ns, 0, 0, 0, start_ns, end_ns))
+            self._ready.append((session, op, OpResult(
+                False, None, f"invalid request: {op!r}: {e}", end_ns - start_ns, 0, 0, 0,
+                start_ns, end_ns)))
             return
+        p = _Pending(session, op, req_id, payload, reply_type, start_ns, now + self.deadline,
+                     self.BACKOFF_MIN)
         self._active[req_id] = p
-        self._send(p, self._primary, time.monotonic())
+        self._send(p, self._primary, now)
 
     # ------------------------------------------------------------------ attempts
 
@@ -385,16 +495,29 @@ class ClientEngine:
         """Send an attempt to `node`; a refused send moves on to the next node at once.
 
         After as many refusals/redirects in a row as there are nodes, back off instead, so a
-        cluster that is entirely down (or redirecting in circles) is not spun on."""
-        for _ in range(len(self._ids)):
-            if p.fast_fails >= len(self._ids):
+        cluster that is entirely down (or redirecting in circles) is not spun on.  The two frames
+        go out as two `send` calls (3 against 9.5 us for `send_multipart`, measured on loopback);
+        ZeroMQ accepts or refuses a message at its first frame, and drops the rest of one whose
+        connection vanished in between, so a refusal never leaves half a message queued."""
+        n = len(self._ids)
+        held = self._held_until
+        for _ in range(n):
+            if p.fast_fails >= n:
                 break
             p.attempts += 1
             self.stats["attempts"] += 1
             p.node = node
-            try:
-                self._socks[node].send_multipart([b"", p.payload], flags=_NOBLOCK)
-            except zmq.Again:
+            if now >= held[node]:
+                sock = self._socks[node]
+                try:
+                    sock.send(b"", _SNDMORE_NOBLOCK)
+                    sock.send(p.payload, _NOBLOCK)
+                except zmq.Again:
+                    pass
+                else:
+                    p.in_flight = True
+                    self._set_timer(p, now + self.attempt_timeout)
+                    return
                 if now < self._grace_until:
                     # Probably still connecting: not an attempt yet; look again very soon.
                     p.attempts -= 1
@@ -403,13 +526,10 @@ class ClientEngine:
                     p.next_node = node
                     self._set_timer(p, min(now + self.CONNECT_POLL, self._grace_until))
                     return
-                p.fast_fails += 1
-                p.last_error = f"node {node} not connected"
-                node = self._next_of[node]
-                continue
-            p.in_flight = True
-            self._set_timer(p, now + self.attempt_timeout)
-            return
+            # Refused: by ZeroMQ (not connected) or here (its connection has just dropped).
+            p.fast_fails += 1
+            p.last_error = f"node {node} not connected"
+            node = self._next_of[node]
         self._back_off(p, node, now)
 
     def _back_off(self, p: _Pending, next_node: int, now: float) -> None:
@@ -422,80 +542,140 @@ class ClientEngine:
         self._set_timer(p, now + delay)
 
     def _set_timer(self, p: _Pending, when: float) -> None:
+        """(Re-)arm the operation's one timer, never past its deadline."""
+        if when > p.deadline:
+            when = p.deadline
         self._seq += 1
-        p.timer_seq = self._seq
-        heapq.heappush(self._timers, (min(when, p.deadline), self._seq, p.req_id))
+        p.timer_seq = seq = self._seq
+        fifo = self._fifo
+        if not fifo or fifo[-1][0] <= when:
+            fifo.append((when, seq, p))
+        else:
+            heapq.heappush(self._timers, (when, seq, p))
 
     def _fire_timers(self, now: float) -> None:
         budget = 10_000  # bounded per turn; the rest fire on the next turn
-        while self._timers and self._timers[0][0] <= now and budget > 0:
+        fifo, heap = self._fifo, self._timers
+        while budget > 0:
+            if fifo and fifo[0][0] <= now and (not heap or fifo[0][0] <= heap[0][0]):
+                _, seq, p = fifo.popleft()
+            elif heap and heap[0][0] <= now:
+                _, seq, p = heapq.heappop(heap)
+            else:
+                return
             budget -= 1
-            _, seq, req_id = heapq.heappop(self._timers)
-            p = self._active.get(req_id)
-            if p is None or p.timer_seq != seq:
+            if p.timer_seq != seq:
                 continue  # the operation finished or re-armed its timer since
             if p.in_flight:
-                p.in_flight = False
                 self.stats["timeouts"] += 1
-                p.last_error = f"no reply from node {p.node}"
-                if self._primary == p.node:
-                    # Let new operations stop starting at a node that does not answer.
-                    self._primary = self._next_of[p.node]
-                failed_node = p.node
-            else:
-                failed_node = 0
-            if now >= p.deadline:
+                self._attempt_lost(p, now, f"no reply from node {p.node}")
+            elif now >= p.deadline:
                 self._fail(p, f"deadline exceeded: {p.attempts} attempts, last: {p.last_error}")
-                continue
-            if failed_node:
-                p.fast_fails = 0
-                self._send(p, self._next_of[failed_node], now)
             else:
                 self._send(p, p.next_node, now)
 
+    def _attempt_lost(self, p: _Pending, now: float, why: str) -> None:
+        """The current attempt will get no answer (timed out, or its connection dropped): try the
+        next node at once with the same req_id, or fail if the deadline has passed.  A late
+        reply to this attempt still completes the operation."""
+        p.in_flight = False
+        p.last_error = why
+        node = p.node
+        if self._primary == node:
+            # Let new operations stop starting at a node that does not answer.
+            self._primary = self._next_of[node]
+        if now >= p.deadline:
+            self._fail(p, f"deadline exceeded: {p.attempts} attempts, last: {why}")
+            return
+        p.fast_fails = 0
+        self._send(p, self._next_of[node], now)
+
+    # ------------------------------------------------------------------ connections
+
+    def _on_monitor(self, monitor: zmq.Socket) -> None:
+        """Read a node's monitor events.  If its connection dropped: hold the node (no sends to
+        it for one reconnect interval, see `_held_until`) and hurry the attempts waiting on it --
+        only those: an attempt waiting on another node is not affected."""
+        node = self._monitor_of[monitor]
+        dropped = False
+        for _ in range(self.MAX_DRAIN):
+            if not monitor.getsockopt(_EVENTS) & _POLLIN:
+                break
+            frames = monitor.recv_multipart(_NOBLOCK)
+            if (len(frames) == 2 and len(frames[0]) == _MONITOR_EVENT.size
+                    and _MONITOR_EVENT.unpack(frames[0])[0] == _EVENT_DISCONNECTED):
+                dropped = True
+        if not dropped:
+            return
+        self.stats["disconnects"] += 1
+        now = time.monotonic()
+        self._held_until[node] = now + self._hold
+        for p in [p for p in self._active.values() if p.in_flight and p.node == node]:
+            self._attempt_lost(p, now, f"node {node} disconnected")
+
     # ------------------------------------------------------------------ replies
 
-    def _drain(self, sock: zmq.Socket) -> None:
-        node = self._node_of.get(sock, 0)
-        for _ in range(self.MAX_DRAIN):
+    def _drain(self, sock: zmq.Socket, node: int) -> None:
+        """Read the replies waiting on one node's socket, frame by frame.
+
+        A reply is [b"", payload].  Two `recv` and two RCVMORE checks with plain-int flags cost
+        less than `recv_multipart` (4.2 against 5.0 us of process CPU per reply, measured on
+        loopback); a message of any other shape is still consumed whole and counted as a bad
+        frame.  After the first message EVENTS says whether more are waiting, so the usual turn
+        (one reply per socket when lightly loaded) raises no `zmq.Again` (~7 us each)."""
+        recv = sock.recv
+        opt = sock.getsockopt
+        for i in range(self.MAX_DRAIN):
+            if i == 1 and not opt(_EVENTS) & _POLLIN:
+                return
             try:
-                frames = sock.recv_multipart(flags=_NOBLOCK)
+                delimiter = recv(_NOBLOCK)
             except zmq.Again:
                 return
-            self._on_frames(node, frames)
+            if not opt(_RCVMORE):
+                self.stats["bad_frames"] += 1  # one frame: no envelope
+                continue
+            payload = recv(_NOBLOCK)
+            if opt(_RCVMORE):
+                while opt(_RCVMORE):
+                    recv(_NOBLOCK)
+                self.stats["bad_frames"] += 1  # more than two frames
+                continue
+            if delimiter:
+                self.stats["bad_frames"] += 1
+                continue
+            self._on_reply(node, payload)
 
-    def _on_frames(self, node: int, frames: list[bytes]) -> None:
-        if len(frames) != 2 or frames[0] != b"":
-            self.stats["bad_frames"] += 1
-            return
+    def _on_reply(self, node: int, payload: bytes) -> None:
         try:
-            msg = codec.decode(frames[1])
+            msg = codec.decode(payload)
         except ValueError:  # ProtocolError is a ValueError; decode raises nothing else
             self.stats["bad_frames"] += 1
             return
-        if not isinstance(msg, (LaptopInfo, CustomerRecord, RecordList, ErrorReply)):
+        kind = type(msg)
+        if kind not in _REPLY_TYPES:
             self.stats["bad_frames"] += 1
             return
-        p = self._active.get(msg.req_id)
+        p = self._active.get(msg.req_id)  # type: ignore[union-attr]  # every reply has one
         if p is None:
             self.stats["stale_replies"] += 1
             return
-        if isinstance(msg, ErrorReply):
+        if kind is ErrorReply:
             if not (p.in_flight and p.node == node):
                 # An error from an attempt we already gave up on says nothing about the current
                 # one; acting on it would restart an attempt that may be about to succeed.
                 self.stats["stale_replies"] += 1
                 return
-            self._on_error(p, node, msg)
+            self._on_error(p, node, msg)  # type: ignore[arg-type]
             return
-        if type(msg) is not _REPLY_FOR.get(p.op[0]):
+        if kind is not p.reply_type:
             self.stats["bad_frames"] += 1
             return
         # Only the primary answers successfully, so whoever did is the best guess for the next op.
         self._primary = node
         end_ns = time.monotonic_ns()
-        self._finish(p, OpResult(True, msg, None, end_ns - p.start_ns, p.attempts, p.redirects,
-                                 node, p.start_ns, end_ns))
+        self._finish(p, OpResult(True, msg, None, end_ns - p.start_ns,  # type: ignore[arg-type]
+                                 p.attempts, p.redirects, node, p.start_ns, end_ns))
 
     def _on_error(self, p: _Pending, node: int, err: ErrorReply) -> None:
         now = time.monotonic()

@@ -43,14 +43,19 @@ class FakeNode:
     MAX_LIFETIME = 60.0  # the thread ends by itself even if a test forgets to stop it
 
     def __init__(self, node_id: int, handler: Handler, *, delay: float = 0.0,
-                 gate: threading.Event | None = None) -> None:
+                 gate: threading.Event | None = None, close_after: int = 0,
+                 endpoint: str = "") -> None:
         self.node_id = node_id
         self.handler = handler
         self.delay = delay  # every reply is held this long
         self.gate = gate  # if given, replies are held until it is set
+        # if > 0: after receiving this many requests the node closes its socket, answering
+        # nothing more -- what a client sees of a node whose process is killed
+        self.close_after = close_after
+        self.closed = threading.Event()  # set once the socket is closed
         self.requests: list[ClientRequest] = []
         self.errors: list[BaseException] = []
-        self.endpoint = ""
+        self.endpoint = endpoint  # "" binds a free port
         self._stop = threading.Event()
         self._bound = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"fake-node-{node_id}",
@@ -73,7 +78,7 @@ class FakeNode:
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         try:
-            sock.bind("tcp://127.0.0.1:*")
+            sock.bind(self.endpoint or "tcp://127.0.0.1:*")
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             self._bound.set()
             self._serve(sock)
@@ -83,6 +88,7 @@ class FakeNode:
             self._bound.set()
             sock.close(linger=0)
             ctx.term()
+            self.closed.set()
 
     def _serve(self, sock: zmq.Socket) -> None:
         pending: list[tuple[float, list[bytes]]] = []  # (due, frames) for delayed replies
@@ -98,6 +104,8 @@ class FakeNode:
                     req = codec.decode(payload)
                     assert isinstance(req, ClientRequest)
                     self.requests.append(req)
+                    if self.close_after and len(self.requests) >= self.close_after:
+                        return  # _main closes the socket: the connection drops
                     due = time.monotonic() + self.delay
                     for reply in self.handler(req):
                         pending.append((due, [ident, *self._frames(reply)]))
@@ -173,8 +181,10 @@ def fake_node() -> Iterator[Callable[..., FakeNode]]:
     nodes: list[FakeNode] = []
 
     def make(node_id: int, handler: Handler, *, delay: float = 0.0,
-             gate: threading.Event | None = None) -> FakeNode:
-        node = FakeNode(node_id, handler, delay=delay, gate=gate)
+             gate: threading.Event | None = None, close_after: int = 0,
+             endpoint: str = "") -> FakeNode:
+        node = FakeNode(node_id, handler, delay=delay, gate=gate, close_after=close_after,
+                        endpoint=endpoint)
         nodes.append(node)
         return node.start()
 
@@ -313,6 +323,124 @@ def test_node_that_does_not_exist_is_skipped_fast(fake_node, engine):
     assert res.ok and res.node == 2
     assert eng.stats["timeouts"] == 0
     assert eng.primary == 2
+
+
+def test_disconnect_retries_on_the_next_node_at_once(fake_node, engine):
+    # Node 1 takes the request and goes away without answering (what a SIGKILL looks like from
+    # here).  The attempt timeout is far above the bound below: only reacting to the dropped
+    # connection can pass, and no timeout may have fired.
+    n1 = fake_node(1, silent, close_after=1)
+    n2 = fake_node(2, answer(2))
+    eng = engine([(1, n1.endpoint), (2, n2.endpoint)], attempt_timeout=2.0, deadline=20.0)
+    t0 = time.monotonic()
+    res = one_op(eng, (1, 5, 0))
+    elapsed = time.monotonic() - t0
+    assert res.ok and res.node == 2 and res.attempts == 2
+    assert n1.closed.wait(HANG)
+    assert eng.stats["timeouts"] == 0 and elapsed < eng.attempt_timeout / 2
+    assert eng.stats["disconnects"] >= 1
+    # The retry is the same request: one req_id on both nodes.
+    assert [r.req_id for r in n1.requests] == [r.req_id for r in n2.requests] == [res.reply.req_id]
+    assert eng.primary == 2
+
+
+def test_disconnect_hurries_only_the_attempts_on_that_node(fake_node, engine):
+    # Customer 1's order is redirected to node 2, which takes it and goes away; customer 2's
+    # order waits on node 1, which stays connected and never answers.  Only customer 1's order
+    # may move on at once; customer 2's runs into its attempt timeout as before.
+    def node1(req: ClientRequest) -> list[Reply]:
+        return error(ErrorCode.NOT_PRIMARY, hint=2)(req) if req.customer_id == 1 else []
+
+    n1 = fake_node(1, node1)
+    n2 = fake_node(2, silent, close_after=1)
+    n3 = fake_node(3, answer(3))
+    eng = engine([(1, n1.endpoint), (2, n2.endpoint), (3, n3.endpoint)], attempt_timeout=2.0,
+                 deadline=20.0)
+    done: list[tuple[int, OpResult, float]] = []
+    t0 = time.monotonic()
+
+    def session(customer: int):
+        res = yield (1, customer, 0)
+        done.append((customer, res, time.monotonic() - t0))
+
+    eng.run([session(1), session(2)], max_duration=HANG)
+    assert [customer for customer, _, _ in done] == [1, 2]
+    (_, hurried, hurried_s), (_, waited, _) = done
+    assert hurried.ok and hurried.node == 3 and hurried.redirects == 1
+    assert hurried_s < eng.attempt_timeout / 2
+    assert waited.ok and waited.node == 3 and waited.attempts >= 2
+    assert eng.stats["disconnects"] >= 1
+    assert eng.stats["timeouts"] == 1  # customer 2's attempt on node 1, and only that one
+    assert [r.customer_id for r in n1.requests].count(2) == 1
+
+
+def test_a_node_that_disconnected_is_not_still_connecting(fake_node):
+    # Right after construction a refused send means "still connecting" and is retried on the same
+    # node.  Once a node's connection has dropped, a refusal means it is gone: a young engine must
+    # not keep polling a killed node.  Node 2 is a backup that still names node 1 as primary for
+    # two requests (the view change is not done yet), then serves.
+    class YoungEngine(ClientEngine):
+        CONNECT_GRACE = 10.0  # the whole test runs inside the grace period
+
+    seen = [0]
+
+    def backup_then_primary(req: ClientRequest) -> list[Reply]:
+        seen[0] += 1
+        if seen[0] <= 2:
+            return [ErrorReply(req.req_id, int(ErrorCode.NOT_PRIMARY), 1, "not primary")]
+        return answer(2)(req)
+
+    n1 = fake_node(1, silent, close_after=1)
+    n2 = fake_node(2, backup_then_primary)
+    with YoungEngine([(1, n1.endpoint), (2, n2.endpoint)], attempt_timeout=5.0,
+                     deadline=30.0) as eng:
+        t0 = time.monotonic()
+        res = one_op(eng, (1, 5, 0))
+        elapsed = time.monotonic() - t0
+        assert res.ok and res.node == 2 and res.redirects == 2
+        assert eng.stats["timeouts"] == 0 and elapsed < eng.attempt_timeout / 2
+        assert eng.stats["disconnects"] >= 1
+
+
+def test_reconnects_after_a_disconnect(fake_node, engine):
+    # A single node is killed while it holds the request and comes back on the same port: the
+    # socket reconnects by itself and the retried request (same req_id) completes there, long
+    # before the attempt timeout.
+    first = fake_node(1, silent, close_after=1)
+    eng = engine([(1, first.endpoint)], attempt_timeout=5.0, deadline=20.0)
+    restarted: list[FakeNode] = []
+
+    def restart() -> None:
+        if first.closed.wait(HANG):
+            restarted.append(fake_node(1, answer(1), endpoint=first.endpoint))
+
+    helper = threading.Thread(target=restart, daemon=True)
+    helper.start()
+    t0 = time.monotonic()
+    res = one_op(eng, (1, 5, 0))
+    elapsed = time.monotonic() - t0
+    helper.join(HANG)
+    assert res.ok and res.node == 1
+    assert restarted, "the fake node could not be restarted on its port"
+    assert first.requests[0].req_id == restarted[0].requests[0].req_id == res.reply.req_id
+    assert eng.stats["timeouts"] == 0 and elapsed < eng.attempt_timeout / 2
+    assert eng.stats["disconnects"] >= 1
+    later = one_op(eng, (1, 5, 1))  # the new connection keeps serving
+    assert later.ok and later.attempts == 1
+
+
+def test_close_releases_the_monitors(fake_node):
+    # With a caller's context, every socket the engine made (monitors included) must be closed
+    # by close(), or terminating the context would block forever.
+    n1 = fake_node(1, silent, close_after=1)
+    ctx = zmq.Context()
+    eng = ClientEngine([(1, n1.endpoint)], attempt_timeout=0.2, deadline=0.5, context=ctx)
+    one_op(eng, (1, 5, 0))  # leaves a disconnect behind
+    eng.close()
+    terminator = threading.Thread(target=ctx.term, daemon=True)
+    terminator.start()
+    terminator.join(HANG)
+    assert not terminator.is_alive(), "Context.term() blocked: a socket was left open"
 
 
 def test_deadline_failure(fake_node, engine):
