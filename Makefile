@@ -45,6 +45,7 @@ bench: $(VENV)/.bench-stamp   ## the benchmark suite, < 10 min: bench/results/*.
 	$(BIN)/python bench/storage_bench.py
 	$(BIN)/python bench/core_bench.py --orders 100000 --repeats 5
 	$(BIN)/python bench/zmq_calls_bench.py --repeats 3
+	$(BIN)/python bench/backup_bench.py
 	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 
 clean:

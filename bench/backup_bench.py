@@ -1,0 +1,91 @@
+"""Where a backup's CPU goes for one append, stage by stage, in one process (no sockets).
+
+Why it exists: under load a backup handles one append of a few dozen entries per loop turn, and
+its cost per write is about twice the bare relay backup's.  This splits one append's handling into
+the stages a node runs (decode the frame, the core's `on_message`, the core's `flush`, the WAL
+write, encoding the acknowledgement) so that a change to one stage shows up in its own column.
+Process CPU time; a real `wal` Storage in a temp dir.
+
+Usage: python bench/backup_bench.py [--entries 35] [--appends 3000] [--repeats 5]
+Writes bench/results/backup.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common import log, write_result  # noqa: E402
+from node.replica import Replica, ReplicaSettings  # noqa: E402
+from node.storage import Recovered, Storage  # noqa: E402
+from protocol import codec  # noqa: E402
+from protocol.messages import Append, View, ViewReply  # noqa: E402
+
+STAGES = ("decode", "on_message", "flush", "storage", "encode_ack")
+
+
+def run(entries: int, appends: int) -> dict[str, float]:
+    """CPU microseconds per append for each stage."""
+    view = View(1, 1, frozenset({2, 3}))
+    backup = Replica(2, ReplicaSettings(snapshot_every=10**9), Recovered(), incarnation=5)
+    backup.on_view_reply(ViewReply(view), 0.0, 0.0)
+    backup.flush(0.0).clear()
+    frames = []
+    for b in range(appends):
+        first = b * entries
+        block = tuple((1, (first + k) % 1000, first + k, 1) for k in range(entries))
+        frames.append(codec.encode(Append(view, 1, first, 1 if first else 0, first, block)))
+    spent = dict.fromkeys(STAGES, 0.0)
+    clock = time.process_time
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = Storage(tmp, "wal")
+        storage.load()
+        for frame in frames:
+            t0 = clock()
+            msg = codec.decode(frame)
+            t1 = clock()
+            backup.on_message(msg, 1.0)
+            t2 = clock()
+            out = backup.flush(1.0)
+            t3 = clock()
+            storage.write(out.persist)
+            t4 = clock()
+            for _peer, ack in out.messages:
+                codec.encode(ack)
+            t5 = clock()
+            out.clear()
+            for stage, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                spent[stage] += dt
+        storage.close()
+    assert backup.log.last_index == entries * appends
+    return {stage: 1e6 * s / appends for stage, s in spent.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=35, help="entries per append (~35 at 100 customers)")
+    parser.add_argument("--appends", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    runs = [run(args.entries, args.appends) for _ in range(args.repeats)]
+    per_stage = {}
+    for stage in (*STAGES, "total"):
+        values = [sum(r.values()) if stage == "total" else r[stage] for r in runs]
+        per_stage[stage] = {"median": round(statistics.median(values), 1), "min": round(min(values), 1),
+                            "max": round(max(values), 1), "runs": [round(v, 1) for v in values]}
+    for stage, row in per_stage.items():
+        log(f"{stage:11s} {row['median']:6.1f} us per append ({row['median'] / args.entries:.2f} per entry)")
+    path = write_result("backup", {"settings": vars(args), "cpu_us_per_append": per_stage})
+    log(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
