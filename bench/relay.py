@@ -14,7 +14,8 @@ the primary has one PUSH per backup, the backups PUSH their acks to the primary'
 No log, no state machine, no disk, no views, no retransmission: what is left is what ZeroMQ and
 the Python interpreter cost for one replicated request.  The relay makes the same pyzmq calls as
 node/server.py (frame-by-frame recv/send with plain-int flags, EVENTS checked after a socket's
-first message): whatever makes the node's socket work cheaper makes the limit cheaper too.  With `--nodes 1` the primary replies at
+first message): whatever makes the node's socket work cheaper makes the limit cheaper too.
+With `--nodes 1` the primary replies at
 once (no backups).
 
 Run by the suite (`Relay(...)` below); by hand:
