@@ -296,6 +296,33 @@ def test_snapshot_is_taken_on_tick_and_sent_to_a_learner_that_needs_old_entries(
     assert learner.book.records == rep.book.records
 
 
+def test_book_snapshot_keeps_every_applied_order_once_and_survives_a_round_trip():
+    book = OrderBook()
+    book.apply_all([(1, 7, 1, 2), (1, 8, 1, 3), (1, 7, 1, 3), (1, 7, 2, 1)])  # (7, 1) twice: kept once
+    data = book.serialize()
+    by_hand = OrderBook()  # the same state written straight into the dicts
+    by_hand.records, by_hand.orders = dict(book.records), dict(book.orders)
+    assert by_hand.serialize() == data
+    copy = OrderBook.deserialize(data)
+    assert (copy.records, copy.orders) == ({7: 2, 8: 1}, book.orders)
+    copy.apply_all([(2, 9, 5, 1), (2, 8, 1, 2)])  # applying on after a restore extends the snapshot
+    again = OrderBook.deserialize(copy.serialize())
+    assert again.orders == {**book.orders, (9 << 32) | 5: 1} and again.records == {7: 2, 8: 1, 9: 5}
+
+
+def test_snapshot_listing_an_order_twice_is_refused():
+    book = OrderBook()
+    book.apply_all([(1, 7, 1, 2)])
+    data = bytearray(book.serialize())
+    # two orders with the same key: patch the count and append the key and engineer again
+    head = len(data) - 8 - 1 - 8
+    count = int.from_bytes(data[head : head + 8], "little")
+    key, engineer = bytes(data[head + 8 : head + 16]), bytes(data[-1:])
+    forged = bytes(data[:head]) + (count + 1).to_bytes(8, "little") + key + key + engineer + engineer
+    with pytest.raises(ValueError, match="twice"):
+        OrderBook.deserialize(forged)
+
+
 def test_restart_recovers_committed_state_from_storage():
     book = OrderBook()
     book.apply((1, 1, 5, 1))
