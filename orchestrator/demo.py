@@ -385,7 +385,8 @@ class Summary:
             lines.append(f"  digests               every node has the same digest ({digest[:16]}..., "
                          f"applied index {', '.join(map(str, index))})")
         else:
-            shown = ", ".join(f"node {n}: {(d or 'unknown')[:16]}" for n, d in sorted(self.digests.items()))
+            shown = ", ".join(f"node {n}: {(d or 'unknown')[:16]} at applied index {self.applied.get(n)}"
+                              for n, d in sorted(self.digests.items()))
             lines.append(f"  digests               NOT the same on every node ({shown})")
         if self.missing:
             listed = ", ".join(f"customer {c} acked {a} but has {f}" for c, a, f in self.missing[:5])
@@ -493,10 +494,8 @@ class Demo:
                 self.problems.append("the load did not stop in time")
             if self.load.error:
                 self.problems.append(f"the load failed: {self.load.error}")
-            status = self.wait_status(
-                lambda s: len({n.get("applied_index") for n in s["nodes"]}) == 1
-                and len({n.get("last_index") for n in s["nodes"]}) == 1, SETTLE_TIMEOUT) or self.faults.status() or {}
-            digests, applied, records = self.dumps()
+            status = self.faults.status() or {}
+            digests, applied, records = self.settled_dumps(SETTLE_TIMEOUT)
             missing = self.check_acked(records)
             stats = status.get("stats") or {}
             if self.plain_mode:
@@ -511,6 +510,21 @@ class Demo:
                 cli.down(self.cl)
             except cli.CliError as exc:
                 cli.warn(str(exc))
+
+    def settled_dumps(self, timeout: float) -> tuple[dict[int, str | None], dict[int, int | None], dict[int, dict]]:
+        """Dump every node until all have applied the same index (digests are only comparable
+        then).  The nodes' own dumps decide, not `status`: status shows each node's last ping,
+        up to a heartbeat old, and orders the stopped load left in flight may still commit on the
+        primary a moment before its backups hear of the new commit index."""
+        deadline = time.monotonic() + timeout
+        known_problems = len(self.problems)
+        while True:
+            del self.problems[known_problems:]  # only the last round's dump errors count
+            digests, applied, records = self.dumps()
+            values = set(applied.values())
+            if (len(values) == 1 and None not in values) or time.monotonic() >= deadline:
+                return digests, applied, records
+            time.sleep(0.1)
 
     def dumps(self) -> tuple[dict[int, str | None], dict[int, int | None], dict[int, dict]]:
         digests: dict[int, str | None] = {}
