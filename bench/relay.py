@@ -13,8 +13,9 @@ the primary has one PUSH per backup, the backups PUSH their acks to the primary'
 
 No log, no state machine, no disk, no views, no retransmission: what is left is what ZeroMQ and
 the Python interpreter cost for one replicated request.  The relay makes the same pyzmq calls as
-node/server.py (frame-by-frame recv/send with plain-int flags, EVENTS checked after a socket's
-first message): whatever makes the node's socket work cheaper makes the limit cheaper too.
+node/server.py (protocol/zmq_calls.py: frame-by-frame recv/send with plain-int flags, EVENTS
+read instead of a failed recv): whatever makes the node's socket work cheaper makes the limit
+cheaper too.
 With `--nodes 1` the primary replies at
 once (no backups).
 
@@ -34,17 +35,18 @@ from pathlib import Path
 
 import zmq
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script by the suite
+    sys.path.insert(0, str(ROOT))
+
+from protocol.zmq_calls import NOBLOCK, RCVMORE, drain, has_message, send_routed  # noqa: E402
+
 REQ = struct.Struct("<BBQiii")  # the codec's ClientRequest
 INFO = struct.Struct("<BBQiiiii")  # the codec's LaptopInfo
 SEQ = struct.Struct("<Q")  # batch header: batch sequence number
 ACK = struct.Struct("<BQ")  # backup index, highest batch received
 DRAIN_LIMIT = 2048  # as node/server.py
 HWM = 1_000_000
-NOBLOCK = int(zmq.NOBLOCK)
-SNDMORE_NOBLOCK = int(zmq.SNDMORE) | NOBLOCK
-RCVMORE = int(zmq.RCVMORE)
-EVENTS = int(zmq.EVENTS)
-POLLIN = int(zmq.POLLIN)
 
 _stop = False
 
@@ -85,23 +87,10 @@ def run_primary(node_id: int, host: str, client_port: int, ack_port: int, backup
     unpack_ack = ACK.unpack
     recv_client = clients.recv
     more = clients.getsockopt
-    send = clients.send
-
-    def send_client(ident: bytes, reply: bytes) -> None:
-        send(ident, SNDMORE_NOBLOCK)
-        send(b"", SNDMORE_NOBLOCK)
-        send(reply, NOBLOCK)
-
     while not _stop:
         ready = dict(poller.poll(100))
         if acks in ready:
-            for i in range(DRAIN_LIMIT):
-                if i == 1 and not acks.getsockopt(EVENTS) & POLLIN:
-                    break
-                try:
-                    data = acks.recv(NOBLOCK)
-                except zmq.Again:
-                    break
+            for data in drain(acks, DRAIN_LIMIT):
                 b, s = unpack_ack(data)
                 if s > acked[b]:
                     acked[b] = s
@@ -109,7 +98,7 @@ def run_primary(node_id: int, host: str, client_port: int, ack_port: int, backup
             entries = []
             replies = []
             for i in range(DRAIN_LIMIT):
-                if i == 1 and not more(EVENTS) & POLLIN:
+                if i == 1 and not has_message(clients):
                     break
                 try:
                     ident = recv_client(NOBLOCK)
@@ -128,7 +117,7 @@ def run_primary(node_id: int, host: str, client_port: int, ack_port: int, backup
             if replies:
                 if nb == 0:
                     for ident, reply in replies:
-                        send_client(ident, reply)
+                        send_routed(clients, ident, reply)
                 else:
                     seq += 1
                     batch = pack_seq(seq) + b"".join(entries)
@@ -139,7 +128,7 @@ def run_primary(node_id: int, host: str, client_port: int, ack_port: int, backup
             committed = min(acked)
             while inflight and inflight[0][0] <= committed:
                 for ident, reply in inflight.popleft()[1]:
-                    send_client(ident, reply)
+                    send_routed(clients, ident, reply)
     for s in (clients, acks, *pushes):
         s.close(linger=0)
     ctx.term()
@@ -161,13 +150,7 @@ def run_backup(index: int, host: str, port: int, ack_port: int) -> None:
         if not pull.poll(100):
             continue
         last = 0
-        for i in range(DRAIN_LIMIT):
-            if i == 1 and not pull.getsockopt(EVENTS) & POLLIN:
-                break
-            try:
-                data = pull.recv(NOBLOCK)
-            except zmq.Again:
-                break
+        for data in drain(pull, DRAIN_LIMIT):
             last = unpack_seq(data)[0]
         if last:
             push.send(pack_ack(index, last))

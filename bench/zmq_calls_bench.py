@@ -4,7 +4,8 @@ Why it exists: a node's hot path is mostly socket calls (a client request is thr
 three frames out), and pyzmq's convenience helpers cost several times what the frames do:
 `recv_multipart` reads RCVMORE through the enum machinery after every frame, `send_multipart`
 loops in Python, and a drain that ends on a raised `zmq.Again` pays for building an exception.
-node/server.py and bench/relay.py use the cheapest variant of each; this script is the evidence.
+protocol/zmq_calls.py (used by the node, the relay and the client) makes the cheapest variant of
+each; this script is the evidence.
 
 Measured on a ROUTER bound to loopback with a DEALER peer (the node's client socket layout),
 messages queued beforehand so only the calls themselves are timed (process CPU time).
@@ -22,11 +23,7 @@ from typing import Callable
 import zmq
 
 from common import log, write_result
-
-NOBLOCK = int(zmq.NOBLOCK)
-SNDMORE_NOBLOCK = int(zmq.SNDMORE) | NOBLOCK
-RCVMORE = int(zmq.RCVMORE)
-EVENTS = int(zmq.EVENTS)
+from protocol.zmq_calls import EVENTS, NOBLOCK, RCVMORE, SNDMORE_NOBLOCK
 PAYLOAD = b"\x01\x01" + bytes(20)  # the size of a ClientRequest frame
 
 

@@ -59,6 +59,7 @@ from protocol.messages import (
     RecordList,
     RequestType,
 )
+from protocol.zmq_calls import NOBLOCK, RCVMORE, SNDMORE_NOBLOCK, has_message
 
 if TYPE_CHECKING:  # only for annotations: the client must work even while config evolves
     from protocol.config import ClusterConfig
@@ -114,11 +115,6 @@ Session = Generator["Op | Wait", "OpResult | None", None]
 STOPPED_ERROR = "stopped: max duration reached"
 # pyzmq's flags are IntFlag members; combining or passing them goes through the enum machinery on
 # every call, which showed in profiles of the open loop.  A plain int does not.
-_NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
-_RCVMORE = int(zmq.RCVMORE)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 _EVENT_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
 # A monitor event's first frame: event id u16, value u32, native order (libzmq >= 4).
 _MONITOR_EVENT = struct.Struct("=HI")
@@ -510,8 +506,8 @@ class ClientEngine:
             if now >= held[node]:
                 sock = self._socks[node]
                 try:
-                    sock.send(b"", _SNDMORE_NOBLOCK)
-                    sock.send(p.payload, _NOBLOCK)
+                    sock.send(b"", SNDMORE_NOBLOCK)
+                    sock.send(p.payload, NOBLOCK)
                 except zmq.Again:
                     pass
                 else:
@@ -599,9 +595,9 @@ class ClientEngine:
         node = self._monitor_of[monitor]
         dropped = False
         for _ in range(self.MAX_DRAIN):
-            if not monitor.getsockopt(_EVENTS) & _POLLIN:
+            if not has_message(monitor):
                 break
-            frames = monitor.recv_multipart(_NOBLOCK)
+            frames = monitor.recv_multipart(NOBLOCK)
             if (len(frames) == 2 and len(frames[0]) == _MONITOR_EVENT.size
                     and _MONITOR_EVENT.unpack(frames[0])[0] == _EVENT_DISCONNECTED):
                 dropped = True
@@ -626,19 +622,19 @@ class ClientEngine:
         recv = sock.recv
         opt = sock.getsockopt
         for i in range(self.MAX_DRAIN):
-            if i == 1 and not opt(_EVENTS) & _POLLIN:
+            if i == 1 and not has_message(sock):
                 return
             try:
-                delimiter = recv(_NOBLOCK)
+                delimiter = recv(NOBLOCK)
             except zmq.Again:
                 return
-            if not opt(_RCVMORE):
+            if not opt(RCVMORE):
                 self.stats["bad_frames"] += 1  # one frame: no envelope
                 continue
-            payload = recv(_NOBLOCK)
-            if opt(_RCVMORE):
-                while opt(_RCVMORE):
-                    recv(_NOBLOCK)
+            payload = recv(NOBLOCK)
+            if opt(RCVMORE):
+                while opt(RCVMORE):
+                    recv(NOBLOCK)
                 self.stats["bad_frames"] += 1  # more than two frames
                 continue
             if delimiter:

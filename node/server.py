@@ -6,9 +6,8 @@ reply, control commands) into the core, then flushes the core's outbox in the or
 node's disk, and the backups can work while we write), then storage, then acknowledgements to
 peers, then clients.  Everything that arrived in one turn goes to each backup as one batch.
 
-The socket calls are the cheapest pyzmq offers, measured with bench/zmq_calls_bench.py: single-frame
-`recv`/`send` with plain-int flags instead of the multipart helpers, and a socket's EVENTS checked
-after its first message instead of ending every drain on a raised `zmq.Again`.
+The socket calls are the cheapest pyzmq offers (protocol/zmq_calls.py): single frames with
+plain-int flags, and EVENTS read instead of ending every drain on a raised `zmq.Again`.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from protocol import codec
 from protocol.codec import ProtocolError
 from protocol.config import ClusterConfig, ConfigError, load_config
 from protocol.messages import ClientRequest, ErrorCode, ErrorReply, ViewReply
+from protocol.zmq_calls import NOBLOCK, RCVMORE, drain, has_message, send_routed
 
 log = logging.getLogger("node")
 
@@ -39,13 +39,6 @@ EXIT_ALREADY_RUNNING = 4
 DRAIN_LIMIT = 2048  # messages taken from one socket per loop turn, so no socket starves the others
 PUSH_HWM = 100_000
 CLIENT_HWM = 100_000
-# pyzmq's flags are IntFlag members: `NOBLOCK | SNDMORE` goes through the enum machinery on every
-# frame, which profiling showed at ~7% of the primary's time.  Plain ints skip it.
-NOBLOCK = int(zmq.NOBLOCK)
-SNDMORE_NOBLOCK = int(zmq.SNDMORE) | NOBLOCK
-RCVMORE = int(zmq.RCVMORE)
-EVENTS = int(zmq.EVENTS)
-POLLIN = int(zmq.POLLIN)
 
 
 def node_dir(data_dir: Path, node_id: int) -> Path:
@@ -179,7 +172,7 @@ class NodeServer:
         more = sock.getsockopt
         decode = codec.decode
         for i in range(DRAIN_LIMIT):
-            if i == 1 and not more(EVENTS) & POLLIN:
+            if i == 1 and not has_message(sock):
                 return  # the usual case when not loaded: one request, no raised zmq.Again
             try:
                 identity = recv(NOBLOCK)  # a ROUTER always has the peer's frames after this one
@@ -213,14 +206,7 @@ class NodeServer:
 
     def _drain_replication(self, now: float) -> None:
         core = self.core
-        sock = self.repl_sock
-        for i in range(DRAIN_LIMIT):
-            if i == 1 and not sock.getsockopt(EVENTS) & POLLIN:
-                return
-            try:
-                data = sock.recv(NOBLOCK)
-            except zmq.Again:
-                return
+        for data in drain(self.repl_sock, DRAIN_LIMIT):
             try:
                 msg = codec.decode(data)
             except ProtocolError as exc:
@@ -284,11 +270,8 @@ class NodeServer:
                 pass  # not connected or full: the core resends after retransmit_ms
 
     def _send_reply(self, client: bytes, reply: object) -> None:
-        send = self.client_sock.send
-        try:  # [identity, b"", reply] frame by frame: under a third of what send_multipart costs
-            send(client, SNDMORE_NOBLOCK)
-            send(b"", SNDMORE_NOBLOCK)
-            send(codec.encode(reply), NOBLOCK)
+        try:
+            send_routed(self.client_sock, client, codec.encode(reply))
         except zmq.ZMQError:
             pass  # the client went away (ROUTER drops unroutable replies)
 

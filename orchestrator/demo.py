@@ -517,16 +517,16 @@ class Demo:
         up to a heartbeat old, and orders the stopped load left in flight may still commit on the
         primary a moment before its backups hear of the new commit index."""
         deadline = time.monotonic() + timeout
-        known_problems = len(self.problems)
         while True:
-            del self.problems[known_problems:]  # only the last round's dump errors count
-            digests, applied, records = self.dumps()
+            digests, applied, records, errors = self.dumps()
             values = set(applied.values())
             if (len(values) == 1 and None not in values) or time.monotonic() >= deadline:
+                self.problems.extend(errors)  # only the last round's: earlier ones were retried
                 return digests, applied, records
             time.sleep(0.1)
 
-    def dumps(self) -> tuple[dict[int, str | None], dict[int, int | None], dict[int, dict]]:
+    def dumps(self) -> tuple[dict[int, str | None], dict[int, int | None], dict[int, dict], list[str]]:
+        errors: list[str] = []
         digests: dict[int, str | None] = {}
         applied: dict[int, int | None] = {}
         records: dict[int, dict] = {}
@@ -534,13 +534,13 @@ class Demo:
             try:
                 reply = request(node.control_endpoint, {"cmd": "dump"}, 5.0, what=f"node {node.id}")
             except ControlError as exc:
-                self.problems.append(str(exc))
+                errors.append(str(exc))
                 digests[node.id] = applied[node.id] = None
                 continue
             digests[node.id] = reply.get("digest")
             applied[node.id] = reply.get("applied_index")
             records[node.id] = {"role": reply.get("role"), "records": reply.get("records") or {}}
-        return digests, applied, records
+        return digests, applied, records, errors
 
     def check_acked(self, records: dict[int, dict]) -> list[tuple[int, int, int]]:
         """Every customer's last acknowledged order (or a later one) must be in the state of
