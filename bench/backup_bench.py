@@ -27,6 +27,7 @@ from common import log, write_result  # noqa: E402
 from node.replica import Replica, ReplicaSettings  # noqa: E402
 from node.storage import Recovered, Storage  # noqa: E402
 from protocol import codec  # noqa: E402
+from protocol.entries import pack_entries  # noqa: E402
 from protocol.messages import Append, View, ViewReply  # noqa: E402
 
 STAGES = ("decode", "on_message", "flush", "storage", "encode_ack")
@@ -41,7 +42,7 @@ def run(entries: int, appends: int) -> dict[str, float]:
     frames = []
     for b in range(appends):
         first = b * entries
-        block = tuple((1, (first + k) % 1000, first + k, 1) for k in range(entries))
+        block = pack_entries((1, (first + k) % 1000, first + k, 1) for k in range(entries))
         frames.append(codec.encode(Append(view, 1, first, 1 if first else 0, first, block)))
     spent = dict.fromkeys(STAGES, 0.0)
     clock = time.process_time

@@ -2,8 +2,8 @@
 
 Each write() is one replica step (64 entries + a commit mark, like a batch of orders arriving in
 one loop turn), so writes/s is the ceiling on durable steps per second and entries/s the
-ceiling on orders/s from storage alone.  Also records the entry-encoding measurement that
-chose per-entry ``Struct.pack`` joined over one big struct on the flattened tuple.
+ceiling on orders/s from storage alone.  The entries are packed blocks, as the replica hands
+them over (protocol/entries.py): storage frames them and does not pack anything per entry.
 
 Usage: python bench/storage_bench.py [--batches 1000] [--entries 64] [--dir DIR]
 (``--dir`` matters: fsync on tmpfs costs nothing, so the result notes the filesystem.)
@@ -13,22 +13,20 @@ Writes bench/results/storage.json.  Timings live here, never as test assertions.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
 import shutil
-import struct
 import sys
 import tempfile
 import time
-import timeit
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from node.storage import AppendEntries, CommitMark, Storage  # noqa: E402
+from protocol.entries import ENTRY_SIZE, pack_entries  # noqa: E402
 
 
 def filesystem_of(path: Path) -> str:
@@ -50,7 +48,7 @@ def make_batches(batches: int, per_batch: int) -> list[list]:
     out: list[list] = []
     index = 1
     for _ in range(batches):
-        ents = tuple((3, (index * 7919) % 100_000, index, index % 5 + 1) for index in range(index, index + per_batch))
+        ents = pack_entries((3, (index * 7919) % 100_000, index, index % 5 + 1) for index in range(index, index + per_batch))
         out.append([AppendEntries(index, ents), CommitMark(index - 1)])
         index += per_batch
     return out
@@ -66,7 +64,7 @@ def bench_policy(policy: str, batches: list[list], base: Path) -> dict:
             s.write(b)
         elapsed = time.perf_counter() - start
         s.close()
-        n_entries = sum(len(b[0].entries) for b in batches)
+        n_entries = sum(len(b[0].entries) // ENTRY_SIZE for b in batches)
         result = {
             "policy": policy,
             "writes": len(batches),
@@ -89,26 +87,6 @@ def bench_policy(policy: str, batches: list[list], base: Path) -> dict:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def bench_encoding(n: int) -> dict:
-    """Microseconds to encode n entries: per-entry pack joined vs one struct over a flat tuple."""
-    entry = struct.Struct("<Iiii")
-    ents = tuple((3, i * 7919 % 100_000, i, i % 5 + 1) for i in range(n))
-    flat = struct.Struct("<" + "Iiii" * n)
-
-    def per_entry() -> bytes:
-        return b"".join(itertools.starmap(entry.pack, ents))
-
-    def one_struct() -> bytes:
-        return flat.pack(*itertools.chain.from_iterable(ents))
-
-    assert per_entry() == one_struct()
-    res = {}
-    for name, fn in (("per_entry_pack_join_us", per_entry), ("single_flat_struct_us", one_struct)):
-        number = max(1, 200_000 // n)
-        res[name] = round(min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6, 2)
-    return res
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=1000)
@@ -121,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     base.mkdir(parents=True, exist_ok=True)
     batches = make_batches(args.batches, args.entries)
     results = [bench_policy(p, batches, base) for p in ("memory", "wal", "fsync")]
-    encoding = {str(n): bench_encoding(n) for n in (64, 1000)}
     report = {
         "benchmark": "node.storage write()",
         "batches": args.batches,
@@ -132,15 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "results": results,
-        "entry_encoding": encoding,
     }
     for r in results:
         print(f"{r['policy']:>6}: {r['entries_per_s']:>10,} entries/s  {r['writes_per_s']:>8,} writes/s  "
               f"{r['us_per_write']:>8} us/write"
               + (f"   load {r['load_entries_per_s']:,} entries/s" if "load_seconds" in r else "   (no disk)"))
-    for n, e in encoding.items():
-        print(f"encode {n:>4} entries: per-entry pack+join {e['per_entry_pack_join_us']} us, "
-              f"single flat struct {e['single_flat_struct_us']} us")
     print(f"temp dir under {base} ({report['filesystem']})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")

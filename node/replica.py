@@ -24,6 +24,7 @@ from enum import Enum
 
 from node.state import Log, OrderBook, order_key
 from node.storage import AppendEntries, CommitMark, Recovered, SnapshotRecord, TruncateFrom, ViewMark
+from protocol.entries import ENTRY, ENTRY_SIZE, VIEW
 from protocol.messages import (
     NO_NODE,
     NO_VIEW,
@@ -127,7 +128,7 @@ class Replica:
         self.role = Role.IDLE
         self.learners: frozenset[int] = frozenset()
 
-        self.log = Log(recovered.snapshot_index, recovered.snapshot_view, list(recovered.entries))
+        self.log = Log(recovered.snapshot_index, recovered.snapshot_view, recovered.entries)
         self.book = OrderBook.deserialize(recovered.snapshot_data) if recovered.snapshot_data else OrderBook()
         self.snapshot: tuple[int, int, bytes] | None = (
             (recovered.snapshot_index, recovered.snapshot_view, recovered.snapshot_data)
@@ -137,6 +138,7 @@ class Replica:
         self.applied_index = recovered.snapshot_index
         self.commit_index = recovered.snapshot_index
         self._persisted_commit = recovered.commit_index
+        self._commit_mark_due = False  # a tick passed: write the commit mark even on its own
         self._unpersisted_from = self.log.last_index + 1  # first entry not yet handed to storage
         self.ops = 0
 
@@ -220,6 +222,7 @@ class Replica:
                     self.peers[learner] = _Peer(self.log.last_index + 1, now)
 
     def on_tick(self, now: float) -> None:
+        self._commit_mark_due = True
         # Snapshots are taken here rather than at commit time: a step that commits entries
         # leaves them in the log, where the simulator's invariant checks can still see them.
         if self.applied_index - self.log.base_index >= self.s.snapshot_every:
@@ -248,15 +251,21 @@ class Replica:
         last = self.log.last_index
         if self._unpersisted_from <= last:
             first = self._unpersisted_from
-            self.outbox.persist.append(AppendEntries(first, tuple(self.log.slice(first, last))))
+            self.outbox.persist.append(AppendEntries(first, self.log.slice(first, last)))
         self._unpersisted_from = last + 1
         if self.role is Role.PRIMARY:
             for peer_id, peer in self.peers.items():
                 self._send_to(peer_id, peer, now)
             self._advance_commit()
-        if self.commit_index > self._persisted_commit:
+        # The commit mark only saves a restarted node from re-learning its commit index (a lower
+        # one is safe: committed entries are in every in-sync log, and the primary resends what
+        # a backup drops).  So it rides along with a turn that writes anyway, and goes on its own
+        # at most once a tick: a primary's turns that only take acks would otherwise each cost a
+        # write -- and under `fsync` a sync -- before their replies.
+        if self.commit_index > self._persisted_commit and (self.outbox.persist or self._commit_mark_due):
             self.outbox.persist.append(CommitMark(self.commit_index))
             self._persisted_commit = self.commit_index
+        self._commit_mark_due = False
         return self.outbox
 
     # ------------------------------------------------------------------ primary: requests
@@ -275,7 +284,7 @@ class Replica:
         if len(self.pending_keys) >= self.s.max_pending:
             self._reply(client, ErrorReply(req.req_id, ErrorCode.OVERLOADED, NO_NODE, "too many orders in flight"))
             return
-        index = self.log.append((self.view.number, req.customer_id, req.order_number, self.id))
+        index = self.log.append_order(self.view.number, req.customer_id, req.order_number, self.id)
         self.pending_keys[key] = index
         self.waiters[index] = [(client, req)]
 
@@ -311,14 +320,14 @@ class Replica:
             first = peer.next_index
             upto = min(last, first + self.s.batch_max_entries - 1)
             prev = first - 1
-            msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, tuple(log_.slice(first, upto)))
+            msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, log_.slice(first, upto))
             self.outbox.replicate.append((peer_id, msg))
             peer.next_index = upto + 1
             unacked.append(upto)
             sent = True
         if not sent and now - peer.last_sent >= self.s.heartbeat:
             prev = min(peer.next_index - 1, last)
-            msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, ())
+            msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, b"")
             self.outbox.replicate.append((peer_id, msg))
             unacked.append(prev)  # it is answered like any append
             sent = True
@@ -445,17 +454,19 @@ class Replica:
             return
         log_ = self.log
         prev = msg.prev_index
-        entries = msg.entries
+        block = msg.entries  # packed (protocol/entries.py): kept as it came, written as it came
+        count = len(block) // ENTRY_SIZE
         if prev > log_.last_index:
             self._send_reply(msg.sender, False, log_.last_index + 1)
             return
         if prev < log_.base_index:
             # The part behind our snapshot is committed and identical: skip it.
             skip = log_.base_index - prev
-            if skip >= len(entries):
+            if skip >= count:
                 self._send_reply(msg.sender, True, log_.base_index)
                 return
-            entries = entries[skip:]
+            block = block[skip * ENTRY_SIZE :]
+            count -= skip
             prev = log_.base_index
         elif log_.view_at(prev) != msg.prev_view:
             # Our entry at prev differs from the primary's: everything past our commit index is
@@ -466,16 +477,18 @@ class Replica:
             self._unpersisted_from = min(self._unpersisted_from, keep + 1)
             self._send_reply(msg.sender, False, keep + 1)
             return
-        for k, entry in enumerate(entries):
+        entry_view = VIEW.unpack_from
+        last = log_.last_index
+        for k in range(count):
             index = prev + k + 1
-            if index <= log_.last_index:
-                if log_.view_at(index) == entry[0]:
+            if index <= last:
+                if log_.view_at(index) == entry_view(block, k * ENTRY_SIZE)[0]:
                     continue  # already have it (duplicate or overlapping batch)
                 log_.truncate_from(index)
-            log_.entries.extend(entries[k:])
+            log_.extend(block[k * ENTRY_SIZE :] if k else block)
             self._unpersisted_from = min(self._unpersisted_from, index)
             break
-        matched = prev + len(entries)
+        matched = prev + count
         self._learn_commit(min(msg.commit_index, matched))
         self._send_reply(msg.sender, True, matched)
 
@@ -570,9 +583,10 @@ class Replica:
         self.waiters = {}
         self.parked_reads = []
         self.pending_keys = {}
-        for index in range(self.applied_index + 1, self.log.last_index + 1):
-            _v, customer, order, _e = self.log.entry(index)
-            self.pending_keys.setdefault(order_key(customer, order), index)
+        first = self.applied_index + 1
+        if first <= self.log.last_index:
+            for index, (_v, customer, order, _e) in enumerate(ENTRY.iter_unpack(self.log.slice(first, self.log.last_index)), first):
+                self.pending_keys.setdefault(order_key(customer, order), index)
 
     def _step_down(self) -> None:
         hint = self.view.primary if self.view.primary != self.id else NO_NODE
@@ -626,7 +640,7 @@ class Replica:
         index = self.applied_index
         view = self.log.view_at(index)
         data = self.book.serialize()
-        tail = tuple(self.log.slice(index + 1, self.log.last_index)) if self.log.last_index > index else ()
+        tail = self.log.slice(index + 1, self.log.last_index) if self.log.last_index > index else b""
         self.log.compact(index)
         self.snapshot = (index, view, data)
         # Entries not yet handed to storage are in `tail` now; do not write them twice.

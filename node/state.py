@@ -8,8 +8,8 @@ from __future__ import annotations
 import hashlib
 import struct
 from array import array
-from collections.abc import Sequence
 
+from protocol.entries import ENTRY, ENTRY_SIZE, VIEW
 from protocol.messages import Entry
 
 _COUNT = struct.Struct("<Q")
@@ -40,19 +40,21 @@ class OrderBook:
 
     def apply(self, entry: Entry) -> int:
         """Apply one entry; returns its order key."""
-        return self.apply_all((entry,))[0]
+        return self.apply_all(ENTRY.pack(*entry))[0]
 
-    def apply_all(self, entries: Sequence[Entry]) -> list[int]:
-        """Apply entries in order; returns their order keys (the primary needs them to find
-        the clients waiting on each).  One loop here instead of a call per entry: this runs for
-        every committed entry on every node."""
+    def apply_all(self, block: bytes | bytearray | memoryview) -> list[int]:
+        """Apply a block of packed entries (protocol/entries.py) in order; returns their order
+        keys (the primary needs them to find the clients waiting on each).  One loop here
+        instead of a call per entry: this runs for every committed entry on every node.  (A
+        column-wise version with bulk dict/array updates was 2-3x slower for blocks of 2-12
+        entries, the usual size, and no faster at 35.)"""
         orders = self.orders
         records = self.records
         keep_key = self._order_keys.append
         keep_engineer = self._engineers.append
         keys: list[int] = []
         add_key = keys.append
-        for _view, customer_id, order_number, engineer in entries:
+        for _view, customer_id, order_number, engineer in ENTRY.iter_unpack(block):
             key = ((customer_id & 0xFFFFFFFF) << 32) | (order_number & 0xFFFFFFFF)  # order_key, inlined
             if key not in orders:  # a duplicate that slipped into the log must not move state
                 orders[key] = engineer
@@ -137,22 +139,30 @@ class OrderBook:
 
 
 class Log:
-    """Entries base_index+1 .. last_index; everything up to base_index lives in the snapshot."""
+    """Entries base_index+1 .. last_index, packed back to back in one bytearray (the layout of
+    protocol/entries.py); everything up to base_index lives in the snapshot.
 
-    __slots__ = ("base_index", "base_view", "entries")
+    Packed rather than a list of tuples because the same bytes go out in every `Append` and into
+    the WAL: a slice of this array is a ready block, and a backup extends it with the block it
+    received."""
 
-    def __init__(self, base_index: int = 0, base_view: int = 0, entries: list[Entry] | None = None) -> None:
+    __slots__ = ("base_index", "base_view", "data")
+
+    def __init__(self, base_index: int = 0, base_view: int = 0, data: bytes | bytearray = b"") -> None:
+        if len(data) % ENTRY_SIZE:
+            raise ValueError(f"log of {len(data)} bytes is not a whole number of entries")
         self.base_index = base_index
         self.base_view = base_view
-        self.entries: list[Entry] = entries if entries is not None else []
+        self.data = bytearray(data)
 
     @property
     def last_index(self) -> int:
-        return self.base_index + len(self.entries)
+        return self.base_index + len(self.data) // ENTRY_SIZE
 
     @property
     def last_view(self) -> int:
-        return self.entries[-1][0] if self.entries else self.base_view
+        data = self.data
+        return VIEW.unpack_from(data, len(data) - ENTRY_SIZE)[0] if data else self.base_view
 
     def view_at(self, index: int) -> int:
         """View of the entry at `index`; -1 when it is behind the snapshot (unknown) or past the end."""
@@ -160,35 +170,43 @@ class Log:
             return self.base_view
         if index < self.base_index or index > self.last_index:
             return -1
-        return self.entries[index - self.base_index - 1][0]
+        return VIEW.unpack_from(self.data, (index - self.base_index - 1) * ENTRY_SIZE)[0]
 
     def entry(self, index: int) -> Entry:
-        return self.entries[index - self.base_index - 1]
+        """The entry at `index` as a tuple (it must be in the log, past base_index)."""
+        if not self.base_index < index <= self.last_index:
+            raise IndexError(f"index {index} is not in the log ({self.base_index + 1}..{self.last_index})")
+        return ENTRY.unpack_from(self.data, (index - self.base_index - 1) * ENTRY_SIZE)
 
-    def slice(self, first: int, last: int) -> list[Entry]:
-        """Entries first..last inclusive (both must be in the log, first > base_index)."""
+    def slice(self, first: int, last: int) -> bytes:
+        """The block of entries first..last inclusive (both in the log, first > base_index)."""
         off = self.base_index + 1
-        return self.entries[first - off : last - off + 1]
+        return bytes(self.data[(first - off) * ENTRY_SIZE : (last - off + 1) * ENTRY_SIZE])
 
-    def append(self, entry: Entry) -> int:
-        self.entries.append(entry)
-        return self.last_index
+    def append_order(self, view: int, customer_id: int, order_number: int, engineer: int) -> int:
+        """Append one entry; returns its index."""
+        self.data += ENTRY.pack(view, customer_id, order_number, engineer)
+        return self.base_index + len(self.data) // ENTRY_SIZE
+
+    def extend(self, block: bytes | bytearray | memoryview) -> None:
+        """Append a block of packed entries."""
+        self.data += block
 
     def truncate_from(self, index: int) -> None:
         """Drop entries >= index."""
         if index <= self.last_index:
-            del self.entries[max(0, index - self.base_index - 1) :]
+            del self.data[max(0, index - self.base_index - 1) * ENTRY_SIZE :]
 
     def compact(self, upto: int) -> None:
         """Forget entries <= upto (they are in a snapshot now)."""
         if upto <= self.base_index:
             return
         view = self.view_at(upto)
-        del self.entries[: upto - self.base_index]
+        del self.data[: (upto - self.base_index) * ENTRY_SIZE]
         self.base_index = upto
         self.base_view = view
 
     def reset(self, base_index: int, base_view: int) -> None:
         self.base_index = base_index
         self.base_view = base_view
-        self.entries = []
+        self.data = bytearray()

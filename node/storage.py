@@ -41,10 +41,9 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass, field
-from itertools import starmap
 from pathlib import Path
 
-from protocol.messages import Entry
+from protocol.entries import ENTRY_SIZE, VIEW
 
 log = logging.getLogger("node.storage")
 
@@ -70,7 +69,6 @@ SNAPSHOT_HEADER_SIZE = _SNAP_HEADER.size + _SNAP_CRC.size
 _REC_HEADER = struct.Struct("<II")  # payload length, crc32(payload)
 _ENTRIES_HEAD = struct.Struct("<BQI")  # type, first_index, count
 _U64_BODY = struct.Struct("<BQ")  # type, value (truncate / commit / view)
-_ENTRY = struct.Struct("<Iiii")  # view, customer_id, order_number, engineer_id
 
 REC_ENTRIES = 1
 REC_TRUNCATE = 2
@@ -80,14 +78,11 @@ REC_VIEW = 4
 # A record larger than this can only be a corrupted length field.  write() splits bigger
 # appends into several records so a legitimate record never reaches it.
 MAX_RECORD_SIZE = 1 << 24
-_MAX_ENTRIES_PER_RECORD = (MAX_RECORD_SIZE - _ENTRIES_HEAD.size) // _ENTRY.size
+_MAX_ENTRIES_PER_RECORD = (MAX_RECORD_SIZE - _ENTRIES_HEAD.size) // ENTRY_SIZE
 _U64_MAX = 2**64 - 1
 
-# Encoding choice, measured on CPython 3.11 (bench/storage_bench.py, "entry_encoding"):
-#   b"".join(starmap(_ENTRY.pack, entries))            109-160 us / 1000 entries, 6-9 us / 64
-#   one Struct("<" + "Iiii"*n) over a flattened tuple  137-183 us / 1000 entries, 8-16 us / 64
-# The per-entry pack is faster *and* needs no cache of per-count Struct objects.
-# Decoding uses _ENTRY.iter_unpack, which yields the entry tuples directly.
+# Entries arrive already packed (protocol/entries.py: the log's and the wire's layout), so an
+# entries record is its 13-byte head followed by the block as it is: nothing is packed per entry.
 
 
 # --------------------------------------------------------------------------- records
@@ -95,10 +90,11 @@ _U64_MAX = 2**64 - 1
 
 @dataclass(frozen=True, slots=True)
 class AppendEntries:
-    """Entries at first_index, first_index+1, ...; replaces anything held from first_index on."""
+    """Entries at first_index, first_index+1, ...; replaces anything held from first_index on.
+    `entries` is a packed block (protocol/entries.py)."""
 
     first_index: int
-    entries: tuple[Entry, ...]
+    entries: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +121,13 @@ class ViewMark:
 @dataclass(frozen=True, slots=True)
 class SnapshotRecord:
     """State machine as of `index` (appended in view `view`), opaque to storage.  `tail` holds
-    entries index+1.. that must survive: the WAL is replaced by one holding only the tail."""
+    entries index+1.. that must survive (a packed block): the WAL is replaced by one holding only
+    the tail."""
 
     index: int
     view: int
     data: bytes
-    tail: tuple[Entry, ...] = ()
+    tail: bytes = b""
 
 
 StorageRecord = AppendEntries | TruncateFrom | CommitMark | ViewMark | SnapshotRecord
@@ -138,7 +135,8 @@ StorageRecord = AppendEntries | TruncateFrom | CommitMark | ViewMark | SnapshotR
 
 @dataclass(slots=True)
 class Recovered:
-    """What load() found.  `entries[0]` is the entry at `snapshot_index + 1`.
+    """What load() found.  `entries` is a packed block (protocol/entries.py) whose first entry
+    is the one at `snapshot_index + 1`.
 
     `fresh` is True when there was nothing to recover or what was there could not be trusted;
     a fresh node must not present itself as holding durable state."""
@@ -146,7 +144,7 @@ class Recovered:
     snapshot_index: int = 0
     snapshot_view: int = 0
     snapshot_data: bytes | None = None
-    entries: list[Entry] = field(default_factory=list)
+    entries: bytearray = field(default_factory=bytearray)
     commit_index: int = 0
     view_number: int = 0
     fresh: bool = True
@@ -154,12 +152,13 @@ class Recovered:
 
     @property
     def last_index(self) -> int:
-        return self.snapshot_index + len(self.entries)
+        return self.snapshot_index + len(self.entries) // ENTRY_SIZE
 
     @property
     def last_view(self) -> int:
         """View of the last entry held (the snapshot's view when the log is empty)."""
-        return self.entries[-1][0] if self.entries else self.snapshot_view
+        entries = self.entries
+        return VIEW.unpack_from(entries, len(entries) - ENTRY_SIZE)[0] if entries else self.snapshot_view
 
 
 class _Corrupt(Exception):
@@ -180,21 +179,30 @@ def _record(payload_parts: list[bytes], out: list[bytes]) -> None:
     out.extend(payload_parts)
 
 
-def _encode_entries(first_index: int, entries: tuple[Entry, ...] | list[Entry], out: list[bytes]) -> None:
+def _entry_count(block: bytes, what: str) -> int:
+    """Entries in a packed block; ValueError for anything else (checked before any write)."""
+    if not isinstance(block, (bytes, bytearray, memoryview)):
+        raise ValueError(f"{what} must be a packed entry block (protocol/entries.py), not {type(block).__name__}")
+    count, rest = divmod(len(block), ENTRY_SIZE)
+    if rest:
+        raise ValueError(f"{what} of {len(block)} bytes is not a whole number of {ENTRY_SIZE}-byte entries")
+    return count
+
+
+def _encode_entries(first_index: int, block: bytes, out: list[bytes]) -> int:
+    """Frame a block as entries records (several if it is huge); returns its entry count."""
     if first_index < 1:
         raise ValueError(f"AppendEntries.first_index must be >= 1, got {first_index}")
+    count = _entry_count(block, "AppendEntries.entries")
     # Split so no legitimate record ever looks like a corrupted length on recovery.
-    for start in range(0, max(len(entries), 1), _MAX_ENTRIES_PER_RECORD):
-        chunk = entries[start : start + _MAX_ENTRIES_PER_RECORD]
+    for start in range(0, max(count, 1), _MAX_ENTRIES_PER_RECORD):
+        chunk = block[start * ENTRY_SIZE : (start + _MAX_ENTRIES_PER_RECORD) * ENTRY_SIZE]
         try:
-            body = b"".join(starmap(_ENTRY.pack, chunk))
-            head = _ENTRIES_HEAD.pack(REC_ENTRIES, first_index + start, len(chunk))
-        except (struct.error, TypeError) as exc:
-            raise ValueError(
-                f"cannot encode entries at {first_index + start}: {exc} "
-                "(an entry is (view u32, customer i32, order i32, engineer i32))"
-            ) from exc
-        _record([head, body], out)
+            head = _ENTRIES_HEAD.pack(REC_ENTRIES, first_index + start, len(chunk) // ENTRY_SIZE)
+        except struct.error as exc:
+            raise ValueError(f"cannot encode entries at {first_index + start}: {exc}") from exc
+        _record([head, chunk], out)
+    return count
 
 
 def _encode_u64(kind: int, value: int, what: str, out: list[bytes]) -> None:
@@ -482,26 +490,25 @@ class Storage:
                     if length < _ENTRIES_HEAD.size:
                         raise _Corrupt("short entries record")
                     _, first, count = _ENTRIES_HEAD.unpack_from(payload)
-                    if length != _ENTRIES_HEAD.size + count * _ENTRY.size:
+                    if length != _ENTRIES_HEAD.size + count * ENTRY_SIZE:
                         raise _Corrupt(f"entries record of {length} bytes claims {count} entries")
                     if first < 1:
                         raise _Corrupt("entries at index 0")
-                    last = snap + len(entries)
+                    last = snap + len(entries) // ENTRY_SIZE
                     if first > last + 1:
                         raise _Corrupt(f"gap: entries start at {first}, log ends at {last}")
-                    new = _ENTRY.iter_unpack(payload[_ENTRIES_HEAD.size :])
+                    new = payload[_ENTRIES_HEAD.size :]
                     if first <= snap:  # the snapshot already covers these
-                        skip = snap + 1 - first
-                        new = list(new)[skip:]
+                        new = new[(snap + 1 - first) * ENTRY_SIZE :]
                         first = snap + 1
-                    del entries[first - snap - 1 :]
-                    entries.extend(new)
+                    del entries[(first - snap - 1) * ENTRY_SIZE :]
+                    entries += new
                 elif kind in (REC_TRUNCATE, REC_COMMIT, REC_VIEW):
                     if length != _U64_BODY.size:
                         raise _Corrupt(f"record type {kind} of {length} bytes")
                     _, value = _U64_BODY.unpack_from(payload)
                     if kind == REC_TRUNCATE:
-                        del entries[max(value, snap + 1) - snap - 1 :]
+                        del entries[(max(value, snap + 1) - snap - 1) * ENTRY_SIZE :]
                     elif kind == REC_COMMIT:
                         commit = max(commit, value)
                     else:
@@ -516,7 +523,7 @@ class Storage:
         rec.view_number = view
         if pos < end:
             note = (f"{self.name}: cut off {end - pos} bytes at offset {pos} ({reason}); "
-                    f"recovered {len(entries)} entries")
+                    f"recovered {len(entries) // ENTRY_SIZE} entries")
             log.warning("%s", note)
             rec.notes.append(note)
             os.truncate(self._wal_path, pos)
@@ -551,9 +558,9 @@ class Storage:
             if isinstance(r, AppendEntries):
                 if r.first_index > last + 1:
                     raise ValueError(f"AppendEntries at {r.first_index} would leave a gap after {last}")
-                _encode_entries(r.first_index, r.entries, parts)
-                if r.first_index + len(r.entries) - 1 > snap:
-                    last = r.first_index + len(r.entries) - 1
+                count = _encode_entries(r.first_index, r.entries, parts)
+                if r.first_index + count - 1 > snap:
+                    last = r.first_index + count - 1
                 else:  # wholly covered by the snapshot: the log after it is replaced by nothing
                     last = max(snap, min(last, r.first_index - 1))
             elif isinstance(r, TruncateFrom):
@@ -571,7 +578,7 @@ class Storage:
                 _snapshot_bytes(r.index, r.view, b"")  # range check before anything is written
                 snapshot = r
                 parts = []
-                snap, last = r.index, r.index + len(r.tail)
+                snap, last = r.index, r.index + _entry_count(r.tail, "SnapshotRecord.tail")
                 if r.tail:
                     _encode_entries(r.index + 1, r.tail, parts)
             else:
@@ -630,7 +637,7 @@ class Storage:
         self.close()
         self._open_wal()
         log.info("%s: snapshot at index %d (%d bytes), log now holds %d entries", self.name,
-                 snap.index, len(snap.data), len(snap.tail))
+                 snap.index, len(snap.data), len(snap.tail) // ENTRY_SIZE)
 
     # ------------------------------------------------------------------ files
 

@@ -23,6 +23,7 @@ from node.replica import PING_TIMEOUT_HEARTBEATS, Replica, ReplicaSettings, Role
 from node.state import order_key
 from node.storage import AppendEntries, CommitMark, Recovered, SnapshotRecord, TruncateFrom, ViewMark
 from orchestrator.view_service import ViewService
+from protocol.entries import ENTRY_SIZE
 from protocol.messages import (
     RETRYABLE_ERRORS,
     ClientRequest,
@@ -74,7 +75,7 @@ class SimStorage:
 
     def wipe(self) -> None:
         self.snapshot: tuple[int, int, bytes] | None = None
-        self.entries: list = []
+        self.entries = bytearray()  # packed, as the WAL holds them (protocol/entries.py)
         self.commit = 0
         self.view = 0
         self.written = False
@@ -89,21 +90,20 @@ class SimStorage:
             if isinstance(rec, AppendEntries):
                 keep = rec.first_index - 1 - self.base
                 if keep < 0:
-                    skip = -keep
-                    self.entries = list(rec.entries[skip:])
+                    self.entries = bytearray(rec.entries[-keep * ENTRY_SIZE :])
                 else:
-                    assert keep <= len(self.entries), "storage asked to append with a gap"
-                    del self.entries[keep:]
-                    self.entries.extend(rec.entries)
+                    assert keep * ENTRY_SIZE <= len(self.entries), "storage asked to append with a gap"
+                    del self.entries[keep * ENTRY_SIZE :]
+                    self.entries += rec.entries
             elif isinstance(rec, TruncateFrom):
-                del self.entries[max(0, rec.index - 1 - self.base) :]
+                del self.entries[max(0, rec.index - 1 - self.base) * ENTRY_SIZE :]
             elif isinstance(rec, CommitMark):
                 self.commit = max(self.commit, rec.index)
             elif isinstance(rec, ViewMark):
                 self.view = max(self.view, rec.number)
             elif isinstance(rec, SnapshotRecord):
                 self.snapshot = (rec.index, rec.view, rec.data)
-                self.entries = list(rec.tail)
+                self.entries = bytearray(rec.tail)
                 self.commit = max(self.commit, rec.index)
 
     def load(self) -> Recovered:
@@ -115,8 +115,8 @@ class SimStorage:
             snapshot_index=base,
             snapshot_view=snap[1] if snap else 0,
             snapshot_data=snap[2] if snap else None,
-            entries=list(self.entries),
-            commit_index=min(self.commit, base + len(self.entries)),
+            entries=bytearray(self.entries),
+            commit_index=min(self.commit, base + len(self.entries) // ENTRY_SIZE),
             view_number=self.view,
             fresh=False,
         )

@@ -2,8 +2,8 @@
 
 Why a hand-written `struct` codec rather than pickle/JSON/msgpack for the hot path: every client
 request and every replication batch goes through here, so the layout is fixed, little endian and
-decoded with one precompiled `struct.Struct` call (plus one `iter_unpack` over the entry block of an
-`Append`).  Why so much validation: decode is fed by sockets that anyone on the machine can
+decoded with one precompiled `struct.Struct` call (an `Append`'s entry block stays packed: it is
+the log's and the WAL's own layout, protocol/entries.py).  Why so much validation: decode is fed by sockets that anyone on the machine can
 write to, and by late messages from previous incarnations of peers.  The design rule is that a
 node never crashes on input, so `decode` raises `ProtocolError` -- and only `ProtocolError` -- for
 anything that is not a frame `encode` could have produced.  Encoding is canonical (one byte string
@@ -132,7 +132,6 @@ _RECORD_LIST = struct.Struct("<BBQI")
 _RECORD = struct.Struct("<ii")
 _ERROR_REPLY = struct.Struct("<BBQBBH")
 _APPEND = struct.Struct("<BBIBQBQIQI")  # header, view(number, primary, backups), sender, ...
-_ENTRY = struct.Struct("<Iiii")
 _APPEND_REPLY = struct.Struct("<BBIBBQQ")
 _SNAPSHOT_CHUNK = struct.Struct("<BBIBQBQIQQI")
 _PING = struct.Struct("<BBBQIQIQQBQQB")  # fixed part; then `add` pairs
@@ -283,6 +282,11 @@ def _enc_error_reply(m: ErrorReply) -> bytes:
 def _enc_append(m: Append) -> bytes:
     number, primary, mask = _view_fields(m.view, "Append.view")
     entries = m.entries
+    if type(entries) is not bytes:
+        entries = _entry_block(entries)
+    count, rest = divmod(len(entries), 16)
+    if rest:
+        raise ProtocolError(f"Append.entries of {len(entries)} bytes is not a whole number of 16-byte entries")
     head = _APPEND.pack(
         _V,
         10,
@@ -293,13 +297,23 @@ def _enc_append(m: Append) -> bytes:
         m.prev_index,
         m.prev_view,
         m.commit_index,
-        len(entries),
+        count,
     )
-    if not entries:
+    if not count:
         return head
-    _check_frame_size("Append frame", _APPEND.size + _ENTRY.size * len(entries))
-    # starmap(pack) checks every entry has exactly 4 in-range ints, at C speed.
-    return head + b"".join(starmap(_ENTRY.pack, entries))
+    _check_frame_size("Append frame", _APPEND.size + len(entries))
+    return head + entries  # already in the wire layout (protocol/entries.py)
+
+
+def _entry_block(entries: object) -> bytes:
+    """A bytes-like entry block as bytes; anything else (a tuple of entries, say) is a caller's
+    mistake worth a clear error rather than a silently packed copy."""
+    try:
+        return bytes(memoryview(entries).cast("B"))  # type: ignore[arg-type]
+    except TypeError:
+        raise ProtocolError(
+            f"Append.entries must be a packed entry block (bytes, protocol/entries.py), not {type(entries).__name__}"
+        ) from None
 
 
 def _enc_append_reply(m: AppendReply) -> bytes:
@@ -437,12 +451,6 @@ _FIELD_RANGES: dict[type, dict[str, tuple[int, int, str]]] = {
     },
     ViewReply: {},
 }
-_ENTRY_RANGES = (
-    ("view", _U32),
-    ("customer_id", _I32),
-    ("order_number", _I32),
-    ("engineer_id", _I32),
-)
 
 
 def _describe_int(value: Any, rng: tuple[int, int, str]) -> str | None:
@@ -469,9 +477,7 @@ def _explain_encode_failure(msg: Any, exc: BaseException) -> str:
     rows: Any = None
     widths: tuple[tuple[str, tuple[int, int, str]], ...] = ()
     label = ""
-    if isinstance(msg, Append):
-        rows, widths, label = msg.entries, _ENTRY_RANGES, "entries"
-    elif isinstance(msg, RecordList):
+    if isinstance(msg, RecordList):
         rows, widths, label = msg.records, (("customer_id", _I32), ("last_order", _I32)), "records"
     elif isinstance(msg, Ping):
         rows, widths, label = msg.add, (("node_id", _U32), ("incarnation", _U64)), "add"
@@ -585,11 +591,11 @@ def _dec_append(data: _Buf, n: int) -> Append:
             if n < need:
                 raise _truncated("Append", n, need, f" for {count} entries")
             raise _trailing("Append", n, need)
-        entries = tuple(_ENTRY.iter_unpack(data[40:]))
+        entries = bytes(data[40:])  # kept packed: the log and the WAL hold the same layout
     else:
         if n != 40:
             raise _trailing("Append", n, 40)
-        entries = ()
+        entries = b""
     if not 1 <= sender <= MAX_NODE_ID:
         raise _node_error(sender, 1, "Append.sender")
     return Append(

@@ -129,15 +129,16 @@ Entry = tuple[int, int, int, int]
 @dataclass(slots=True, unsafe_hash=True)  # a value, not frozen: see the module docstring
 class Append:
     """Primary -> backup or learner.  Carries the full view so a backup can adopt a newer view
-    from its primary without waiting for its own ping.  Empty `entries` is a heartbeat that
-    still carries the commit index."""
+    from its primary without waiting for its own ping.  `entries` is a block of packed entries
+    (protocol/entries.py: 16 bytes each, the log's and the WAL's own layout); an empty block is a
+    heartbeat that still carries the commit index."""
 
     view: View
     sender: int
     prev_index: int
     prev_view: int
     commit_index: int
-    entries: tuple[Entry, ...] = ()
+    entries: bytes = b""
 
 
 @dataclass(slots=True, unsafe_hash=True)  # a value, not frozen: see the module docstring

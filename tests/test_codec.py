@@ -29,6 +29,7 @@ from protocol.codec import (
     encode_json,
     peek_kind,
 )
+from protocol.entries import pack_entries, unpack_entries
 from protocol.messages import (
     INT32_MAX,
     INT32_MIN,
@@ -71,9 +72,9 @@ SAMPLES = [
     ErrorReply(U64_MAX, ErrorCode.PROTOCOL, 0, "caf\u00e9 \u65e5\u672c \U0001f4bb \x00 end"),
     ErrorReply(9, ErrorCode.OVERLOADED, 1, "x" * 65535),
     Append(NO_VIEW, 1, 0, 0, 0),
-    Append(View(1, 1), 1, 0, 0, 0, ((1, 10, 1, 1),)),
-    Append(FULL_VIEW, 63, U64_MAX, U32_MAX, U64_MAX, ((U32_MAX, INT32_MIN, INT32_MAX, -1),) * 3),
-    Append(View(7, 2, frozenset({1, 3})), 2, 10, 6, 9, tuple((7, i, i, 2) for i in range(256))),
+    Append(View(1, 1), 1, 0, 0, 0, pack_entries([(1, 10, 1, 1)])),
+    Append(FULL_VIEW, 63, U64_MAX, U32_MAX, U64_MAX, pack_entries([(U32_MAX, INT32_MIN, INT32_MAX, -1)] * 3)),
+    Append(View(7, 2, frozenset({1, 3})), 2, 10, 6, 9, pack_entries((7, i, i, 2) for i in range(256))),
     AppendReply(0, 1, False, 0),
     AppendReply(U32_MAX, 63, True, U64_MAX, U64_MAX),
     AppendReply(4, 2, False, 17, 123456789),
@@ -133,12 +134,12 @@ def test_wire_layout_is_pinned():
         "0600000000000000" "0700000000000000" "01" "0000000000000080" "0900000000000000"
         "01" "02" "0800000000000000"
     )
-    frame = encode(Append(View(2, 1, frozenset({2, 63})), 1, 4, 2, 3, ((2, 7, 8, 1),)))
+    frame = encode(Append(View(2, 1, frozenset({2, 63})), 1, 4, 2, 3, pack_entries([(2, 7, 8, 1)])))
     assert frame == bytes.fromhex(
         "010a" "02000000" "01" "0400000000000080" "01" "0400000000000000" "02000000"
         "0300000000000000" "01000000" "02000000" "07000000" "08000000" "01000000"
     )
-    assert len(encode(Append(View(1, 1), 1, 0, 0, 0, ((1, 1, 1, 1),) * 256))) == 40 + 16 * 256
+    assert len(encode(Append(View(1, 1), 1, 0, 0, 0, pack_entries([(1, 1, 1, 1)] * 256)))) == 40 + 16 * 256
 
 
 def test_decoded_values_have_natural_types():
@@ -149,9 +150,9 @@ def test_decoded_values_have_natural_types():
     ping = decode(encode(Ping(1, 2, 3, 4, 5, 6, 7, True, [[2, 5]], frozenset({2}))))
     assert ping.durable is True and isinstance(ping.remove, frozenset)
     assert ping.add == ((2, 5),) and type(ping.add[0]) is tuple
-    append = decode(encode(Append(View(1, 1), 1, 0, 0, 0, ([1, 2, 3, 4], [1, 5, 6, 7]))))
-    assert append.entries == ((1, 2, 3, 4), (1, 5, 6, 7))
-    assert all(type(e) is tuple for e in append.entries)
+    append = decode(memoryview(encode(Append(View(1, 1), 1, 0, 0, 0, pack_entries([[1, 2, 3, 4], [1, 5, 6, 7]])))))
+    assert type(append.entries) is bytes  # kept packed, and a value even when decoded from a view
+    assert unpack_entries(append.entries) == [(1, 2, 3, 4), (1, 5, 6, 7)]
     chunk = decode(memoryview(encode(SnapshotChunk(View(1, 1), 1, 1, 1, 0, 3, b"abc"))))
     assert type(chunk.data) is bytes
 
@@ -182,7 +183,7 @@ def snapshot_chunks(draw):
     return SnapshotChunk(draw(views()), draw(sender), draw(u64), draw(u32), offset, total, data)
 
 
-entries = st.lists(st.tuples(u32, i32, i32, i32), max_size=40).map(tuple)
+entries = st.lists(st.tuples(u32, i32, i32, i32), max_size=40).map(pack_entries)
 
 messages = st.one_of(
     st.builds(ClientRequest, u64, st.sampled_from([1, 2, 3]), i32, i32),
@@ -226,7 +227,7 @@ def test_trailing_bytes_are_rejected(msg, extra):
 
 
 def test_truncation_messages_name_kind_and_sizes():
-    frame = encode(Append(View(1, 1), 1, 0, 0, 0, ((1, 1, 1, 1),)))
+    frame = encode(Append(View(1, 1), 1, 0, 0, 0, pack_entries([(1, 1, 1, 1)])))
     with pytest.raises(ProtocolError, match=r"^truncated Append: 37 bytes, need 40$"):
         decode(frame[:37])
     with pytest.raises(ProtocolError, match=r"^truncated Append: 45 bytes, need 56 for 1 entries$"):
@@ -242,7 +243,7 @@ def test_truncation_messages_name_kind_and_sizes():
 
 
 def test_entry_count_must_match_length():
-    frame = bytearray(encode(Append(View(1, 1), 1, 0, 0, 0, ((1, 1, 1, 1),) * 2)))
+    frame = bytearray(encode(Append(View(1, 1), 1, 0, 0, 0, pack_entries([(1, 1, 1, 1)] * 2))))
     struct.pack_into("<I", frame, 36, 3)  # claims 3 entries, carries 2
     with pytest.raises(ProtocolError, match="truncated Append: 72 bytes, need 88 for 3 entries"):
         decode(bytes(frame))
@@ -404,10 +405,9 @@ def test_released_and_odd_memoryviews():
         (Append(View(-1, 1), 1, 0, 0, 0), "Append.view.number: -1 out of range for u32"),
         (Append(View(1, 1), 1, -1, 0, 0), "Append.prev_index"),
         (Append(View(1, 1), 1, 0, 2**32, 0), "Append.prev_view"),
-        (Append(View(1, 1), 1, 0, 0, 0, ((1, 2, 3),)), r"Append.entries\[0\]: \(1, 2, 3\) is not a 4-tuple"),
-        (Append(View(1, 1), 1, 0, 0, 0, ((1, 1, 1, 1), (-1, 1, 1, 1))), r"Append.entries\[1\].view"),
-        (Append(View(1, 1), 1, 0, 0, 0, ((1, 1, 1, 2**31),)), r"Append.entries\[0\].engineer_id"),
-        (Append(View(1, 1), 1, 0, 0, 0, (None,)), r"Append.entries\[0\]"),
+        (Append(View(1, 1), 1, 0, 0, 0, ((1, 2, 3, 4),)), r"Append.entries must be a packed entry block .*, not tuple"),
+        (Append(View(1, 1), 1, 0, 0, 0, b"\x01" * 17), "Append.entries of 17 bytes is not a whole number of 16-byte entries"),
+        (Append(View(1, 1), 1, 0, 0, 0, None), "Append.entries must be a packed entry block"),
         (AppendReply(1, 0, True, 1), "AppendReply.sender"),
         (AppendReply(2**32, 1, True, 1), "AppendReply.view_number"),
         (AppendReply(1, 1, True, -1), "AppendReply.index"),
@@ -443,10 +443,10 @@ def test_encode_rejects_non_messages(obj):
 
 def test_encode_accepts_plain_sets_and_int_enums():
     """Callers build Views by hand in tests; a plain set or IntEnum must not break encode."""
-    msg = Append(View(3, 1, {2, 3}), 1, 0, 0, 0, [(3, 1, 1, 1)])  # type: ignore[arg-type]
+    msg = Append(View(3, 1, {2, 3}), 1, 0, 0, 0, bytearray(pack_entries([(3, 1, 1, 1)])))  # type: ignore[arg-type]
     back = decode(encode(msg))
     assert back.view == View(3, 1, frozenset({2, 3}))
-    assert back.entries == ((3, 1, 1, 1),)
+    assert back.entries == pack_entries([(3, 1, 1, 1)])
     assert decode(encode(ErrorReply(1, ErrorCode.UNAVAILABLE))).code == 3
     assert decode(encode(SnapshotChunk(View(1, 1), 1, 1, 1, 0, 2, bytearray(b"hi")))).data == b"hi"
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from node.replica import Replica, ReplicaSettings, Role
-from node.state import OrderBook
+from node.state import Log, OrderBook
 from node.storage import AppendEntries, CommitMark, Recovered, SnapshotRecord, TruncateFrom, ViewMark
+from protocol.entries import count, pack_entries, unpack_entries, view_of
 from protocol.messages import (
     Append,
     AppendReply,
@@ -72,7 +73,7 @@ def test_primary_batches_a_turn_into_one_append_per_backup_and_commits_on_all_ac
     rep.on_client_request("a", order(1, 10, 0), 0.01)
     rep.on_client_request("b", order(2, 11, 0), 0.01)
     persist, messages, replies = drain(rep, 0.01)
-    entries = ((1, 10, 0, 1), (1, 11, 0, 1))
+    entries = pack_entries([(1, 10, 0, 1), (1, 11, 0, 1)])
     assert persist == [AppendEntries(1, entries)]
     assert sorted(messages, key=lambda m: m[0]) == [
         (2, Append(V1, 1, 0, 0, 0, entries)),
@@ -83,9 +84,18 @@ def test_primary_batches_a_turn_into_one_append_per_backup_and_commits_on_all_ac
     assert drain(rep, 0.02)[2] == []  # one backup is not enough
     rep.on_message(AppendReply(1, 3, True, 2, 103), 0.02)
     persist, _, replies = drain(rep, 0.02)
-    assert persist == [CommitMark(2)]
+    assert persist == []  # the replies do not wait for a write of the commit mark alone...
     assert replies == [("a", LaptopInfo(1, 10, 0, 1, 1, 1)), ("b", LaptopInfo(2, 11, 0, 1, 1, 1))]
     assert rep.book.records == {10: 0, 11: 0}
+    rep.on_tick(0.03)
+    assert drain(rep, 0.03)[0] == [CommitMark(2)]  # ...which goes out at the next tick
+    rep.on_client_request("c", order(3, 12, 0), 0.04)
+    drain(rep, 0.04)
+    rep.on_message(AppendReply(1, 2, True, 3, 102), 0.05)
+    rep.on_message(AppendReply(1, 3, True, 3, 103), 0.05)
+    rep.on_client_request("d", order(4, 13, 0), 0.05)
+    persist = drain(rep, 0.05)[0]
+    assert persist == [AppendEntries(4, pack_entries([(1, 13, 0, 1)])), CommitMark(3)]  # or with the next entries
 
 
 def test_retried_order_is_not_appended_twice():
@@ -138,12 +148,13 @@ def test_bulk_read_limits():
 
 def test_backup_appends_in_order_and_applies_up_to_commit():
     rep = make(2)
-    entries = ((1, 10, 0, 1), (1, 11, 0, 1))
+    entries = pack_entries([(1, 10, 0, 1), (1, 11, 0, 1)])
     rep.on_message(Append(V1, 1, 0, 0, 0, entries), 0.0)
     persist, messages, _ = drain(rep, 0.0)
     assert persist == [AppendEntries(1, entries)]
     assert messages == [(1, AppendReply(1, 2, True, 2, 102))]
-    rep.on_message(Append(V1, 1, 2, 1, 2, ()), 0.01)
+    rep.on_message(Append(V1, 1, 2, 1, 2, b""), 0.01)
+    rep.on_tick(0.01)
     persist, messages, _ = drain(rep, 0.01)
     assert persist == [CommitMark(2)]
     assert messages == [(1, AppendReply(1, 2, True, 2, 102))]
@@ -152,15 +163,15 @@ def test_backup_appends_in_order_and_applies_up_to_commit():
 
 def test_backup_answers_the_appends_of_one_turn_with_one_cumulative_reply():
     rep = make(2)
-    rep.on_message(Append(V1, 1, 0, 0, 0, ((1, 10, 0, 1),)), 0.0)
-    rep.on_message(Append(V1, 1, 1, 1, 0, ((1, 11, 0, 1),)), 0.0)
-    rep.on_message(Append(V1, 1, 0, 0, 0, ((1, 10, 0, 1),)), 0.0)  # a late duplicate of the first
+    rep.on_message(Append(V1, 1, 0, 0, 0, pack_entries([(1, 10, 0, 1)])), 0.0)
+    rep.on_message(Append(V1, 1, 1, 1, 0, pack_entries([(1, 11, 0, 1)])), 0.0)
+    rep.on_message(Append(V1, 1, 0, 0, 0, pack_entries([(1, 10, 0, 1)])), 0.0)  # a late duplicate of the first
     _, messages, _ = drain(rep, 0.0)
     # ok(2) replaces ok(1); the duplicate's ok(1) vouches for less than what was already sent,
     # so it is a reply of its own rather than a replacement that would hide index 2
     assert messages == [(1, AppendReply(1, 2, True, 2, 102)), (1, AppendReply(1, 2, True, 1, 102))]
-    rep.on_message(Append(V1, 1, 5, 1, 0, ((1, 12, 0, 1),)), 0.01)  # a gap
-    rep.on_message(Append(V1, 1, 2, 1, 0, ((1, 12, 0, 1),)), 0.01)
+    rep.on_message(Append(V1, 1, 5, 1, 0, pack_entries([(1, 12, 0, 1)])), 0.01)  # a gap
+    rep.on_message(Append(V1, 1, 2, 1, 0, pack_entries([(1, 12, 0, 1)])), 0.01)
     _, messages, _ = drain(rep, 0.01)
     assert messages == [(1, AppendReply(1, 2, False, 3, 102)), (1, AppendReply(1, 2, True, 3, 102))]
 
@@ -171,33 +182,33 @@ def test_a_cumulative_reply_frees_every_append_it_covers():
     view = View(1, 1, frozenset({2}))
     rep = make(1, view, settings=settings)  # its first heartbeat (prev 0) is in flight
     rep.on_client_request("c1", order(1, 11, 0), 0.01)
-    assert [m.entries for _, m in drain(rep, 0.01)[1]] == [((1, 11, 0, 1),)]  # two in flight now
+    assert [m.entries for _, m in drain(rep, 0.01)[1]] == [pack_entries([(1, 11, 0, 1)])]  # two in flight now
     rep.on_client_request("c2", order(2, 12, 0), 0.01)
     assert drain(rep, 0.01)[1] == []  # the window is full: entry 2 waits
     rep.on_message(AppendReply(1, 2, True, 1, 102), 0.02)  # answers the heartbeat and append 1
     _, messages, replies = drain(rep, 0.02)
-    assert [m.entries for _, m in messages] == [((1, 12, 0, 1),)]
+    assert [m.entries for _, m in messages] == [pack_entries([(1, 12, 0, 1)])]
     assert [client for client, _ in replies] == ["c1"]
     rep.on_client_request("c3", order(3, 13, 0), 0.03)
     # both earlier appends are answered, so only append 2 is in flight: entry 3 goes at once
-    assert [m.entries for _, m in drain(rep, 0.03)[1]] == [((1, 13, 0, 1),)]
+    assert [m.entries for _, m in drain(rep, 0.03)[1]] == [pack_entries([(1, 13, 0, 1)])]
 
 
 def test_backup_with_a_gap_says_which_index_it_needs():
     rep = make(2)
-    rep.on_message(Append(V1, 1, 5, 1, 0, ((1, 1, 1, 1),)), 0.0)
+    rep.on_message(Append(V1, 1, 5, 1, 0, pack_entries([(1, 1, 1, 1)])), 0.0)
     assert drain(rep, 0.0)[1] == [(1, AppendReply(1, 2, False, 1, 102))]
 
 
 def test_backup_ignores_appends_from_a_node_that_is_not_its_primary():
     rep = make(2)
-    rep.on_message(Append(V1, 3, 0, 0, 0, ((1, 1, 1, 3),)), 0.0)
+    rep.on_message(Append(V1, 3, 0, 0, 0, pack_entries([(1, 1, 1, 3)])), 0.0)
     assert drain(rep, 0.0) == ([], [], [])
 
 
 def test_backup_fences_an_older_view():
     rep = make(2, View(3, 3, frozenset({2})))
-    rep.on_message(Append(V1, 1, 0, 0, 0, ((1, 1, 1, 1),)), 0.0)
+    rep.on_message(Append(V1, 1, 0, 0, 0, pack_entries([(1, 1, 1, 1)])), 0.0)
     persist, messages, _ = drain(rep, 0.0)
     assert persist == []
     assert messages == [(1, AppendReply(3, 2, False, 1, 102))]
@@ -205,11 +216,11 @@ def test_backup_fences_an_older_view():
 
 def test_backup_truncates_a_conflicting_suffix_back_to_its_commit():
     rep = make(2)
-    rep.on_message(Append(V1, 1, 0, 0, 1, ((1, 1, 0, 1), (1, 2, 0, 1), (1, 3, 0, 1))), 0.0)
+    rep.on_message(Append(V1, 1, 0, 0, 1, pack_entries([(1, 1, 0, 1), (1, 2, 0, 1), (1, 3, 0, 1)])), 0.0)
     drain(rep, 0.0)
     assert rep.commit_index == 1
     v2 = View(2, 3, frozenset({2}))
-    rep.on_message(Append(v2, 3, 3, 2, 1, ()), 0.1)  # new primary's entry 3 is from view 2
+    rep.on_message(Append(v2, 3, 3, 2, 1, b""), 0.1)  # new primary's entry 3 is from view 2
     persist, messages, _ = drain(rep, 0.1)
     assert persist == [ViewMark(2), TruncateFrom(2)]
     assert messages == [(3, AppendReply(2, 2, False, 2, 102))]
@@ -223,7 +234,7 @@ def test_primary_backs_up_when_a_backup_needs_earlier_entries():
     drain(rep, 0.0)
     rep.on_message(AppendReply(1, 2, False, 2, 102), 0.01)
     _, messages, _ = drain(rep, 0.01)
-    assert messages == [(2, Append(View(1, 1, frozenset({2})), 1, 1, 1, 0, ((1, 1, 0, 1), (1, 2, 0, 1))))]
+    assert messages == [(2, Append(View(1, 1, frozenset({2})), 1, 1, 1, 0, pack_entries([(1, 1, 0, 1), (1, 2, 0, 1)])))]
 
 
 def test_deposed_primary_steps_down_and_redirects_waiting_clients():
@@ -239,12 +250,12 @@ def test_deposed_primary_steps_down_and_redirects_waiting_clients():
 def test_new_primary_syncs_backups_before_serving_reads():
     # Node 2 holds entry 1 uncommitted (it may have been acknowledged by the old primary).
     rep = make(2)
-    rep.on_message(Append(V1, 1, 0, 0, 0, ((1, 5, 9, 1),)), 0.0)
+    rep.on_message(Append(V1, 1, 0, 0, 0, pack_entries([(1, 5, 9, 1)])), 0.0)
     drain(rep, 0.0)
     v2 = View(2, 2, frozenset({3}))
     rep.on_view_reply(ViewReply(v2), 0.5, sent_at=0.5)
     _, messages, _ = drain(rep, 0.5)
-    assert messages == [(3, Append(v2, 2, 1, 1, 0, ()))]
+    assert messages == [(3, Append(v2, 2, 1, 1, 0, b""))]
     rep.on_client_request("r", ClientRequest(7, 2, 5), 0.5)
     assert drain(rep, 0.5)[2] == []  # parked until entry 1 is committed in view 2
     rep.on_message(AppendReply(2, 3, True, 1, 103), 0.51)
@@ -257,10 +268,10 @@ def test_learner_catches_up_then_is_proposed_and_counted():
     drain(rep, 0.0)
     rep.on_view_reply(ViewReply(View(1, 1, frozenset()), frozenset({2})), 0.05, sent_at=0.05)
     _, messages, _ = drain(rep, 0.05)
-    assert messages == [(2, Append(View(1, 1, frozenset()), 1, 1, 1, 1, ()))]
+    assert messages == [(2, Append(View(1, 1, frozenset()), 1, 1, 1, 1, b""))]
     rep.on_message(AppendReply(1, 2, False, 1, 102), 0.06)
     _, messages, _ = drain(rep, 0.06)
-    assert messages == [(2, Append(View(1, 1, frozenset()), 1, 0, 0, 1, ((1, 1, 1, 1),)))]
+    assert messages == [(2, Append(View(1, 1, frozenset()), 1, 0, 0, 1, pack_entries([(1, 1, 1, 1)])))]
     rep.on_message(AppendReply(1, 2, True, 1, 102), 0.07)
     rep.on_tick(0.07)
     assert rep.make_ping().add == ((2, 102),)
@@ -296,23 +307,54 @@ def test_snapshot_is_taken_on_tick_and_sent_to_a_learner_that_needs_old_entries(
     assert learner.book.records == rep.book.records
 
 
+def test_packed_entries_round_trip_and_refuse_what_does_not_fit():
+    entries = [(1, -5, 2**31 - 1, 3), (2**32 - 1, 0, -(2**31), 63)]
+    block = pack_entries(entries)
+    assert len(block) == 32 and count(block) == 2 and view_of(block, 1) == 2**32 - 1
+    assert unpack_entries(block) == entries
+    with pytest.raises(ValueError, match=r"^entry 1 \(1, 2147483648, 0, 0\) does not fit"):
+        pack_entries([(1, 1, 1, 1), (1, 2**31, 0, 0)])
+    with pytest.raises(ValueError, match="not a multiple of 16"):
+        count(block[:20])
+
+
+def test_packed_log_slices_truncates_and_compacts_by_index():
+    log = Log(10, 3)  # entries 11.. follow a snapshot at index 10 from view 3
+    for k in range(5):
+        assert log.append_order(4 if k < 3 else 5, 100 + k, k, 1) == 11 + k
+    assert (log.last_index, log.last_view, log.view_at(10), log.view_at(13), log.view_at(14)) == (15, 5, 3, 4, 5)
+    assert log.view_at(9) == -1 and log.view_at(16) == -1  # behind the snapshot / past the end
+    assert unpack_entries(log.slice(12, 14)) == [(4, 101, 1, 1), (4, 102, 2, 1), (5, 103, 3, 1)]
+    assert log.entry(15) == (5, 104, 4, 1)
+    with pytest.raises(IndexError):
+        log.entry(10)
+    log.truncate_from(14)
+    assert log.last_index == 13 and log.last_view == 4
+    log.extend(pack_entries([(6, 200, 0, 2)]))
+    log.compact(12)
+    assert (log.base_index, log.base_view, log.last_index) == (12, 4, 14)
+    assert unpack_entries(log.slice(13, 14)) == [(4, 102, 2, 1), (6, 200, 0, 2)]
+    with pytest.raises(ValueError, match="whole number of entries"):
+        Log(0, 0, b"\x00" * 17)
+
+
 def test_book_snapshot_keeps_every_applied_order_once_and_survives_a_round_trip():
     book = OrderBook()
-    book.apply_all([(1, 7, 1, 2), (1, 8, 1, 3), (1, 7, 1, 3), (1, 7, 2, 1)])  # (7, 1) twice: kept once
+    book.apply_all(pack_entries([(1, 7, 1, 2), (1, 8, 1, 3), (1, 7, 1, 3), (1, 7, 2, 1)]))  # (7, 1) twice: kept once
     data = book.serialize()
     by_hand = OrderBook()  # the same state written straight into the dicts
     by_hand.records, by_hand.orders = dict(book.records), dict(book.orders)
     assert by_hand.serialize() == data
     copy = OrderBook.deserialize(data)
     assert (copy.records, copy.orders) == ({7: 2, 8: 1}, book.orders)
-    copy.apply_all([(2, 9, 5, 1), (2, 8, 1, 2)])  # applying on after a restore extends the snapshot
+    copy.apply_all(pack_entries([(2, 9, 5, 1), (2, 8, 1, 2)]))  # applying on after a restore extends the snapshot
     again = OrderBook.deserialize(copy.serialize())
     assert again.orders == {**book.orders, (9 << 32) | 5: 1} and again.records == {7: 2, 8: 1, 9: 5}
 
 
 def test_snapshot_listing_an_order_twice_is_refused():
     book = OrderBook()
-    book.apply_all([(1, 7, 1, 2)])
+    book.apply_all(pack_entries([(1, 7, 1, 2)]))
     data = bytearray(book.serialize())
     # two orders with the same key: patch the count and append the key and engineer again
     head = len(data) - 8 - 1 - 8
@@ -326,7 +368,7 @@ def test_snapshot_listing_an_order_twice_is_refused():
 def test_restart_recovers_committed_state_from_storage():
     book = OrderBook()
     book.apply((1, 1, 5, 1))
-    rec = Recovered(snapshot_index=1, snapshot_view=1, snapshot_data=book.serialize(), entries=[(1, 2, 6, 1), (1, 3, 7, 1)], commit_index=2, view_number=1, fresh=False)
+    rec = Recovered(snapshot_index=1, snapshot_view=1, snapshot_data=book.serialize(), entries=bytearray(pack_entries([(1, 2, 6, 1), (1, 3, 7, 1)])), commit_index=2, view_number=1, fresh=False)
     rep = Replica(1, S, rec, incarnation=9)
     assert rep.commit_index == 2 and rep.applied_index == 2
     assert rep.book.records == {1: 5, 2: 6}
@@ -346,7 +388,7 @@ def test_node_that_never_heard_from_the_view_service_ignores_appends():
     # A wiped node knows no view; adopting a deposed primary's old view from its append would
     # let that primary count it as a backup.  Only the view service gives a first view.
     rep = Replica(3, S, Recovered(), incarnation=5)
-    rep.on_message(Append(V1, 1, 0, 0, 0, ((1, 1, 1, 1),)), 0.0)
+    rep.on_message(Append(V1, 1, 0, 0, 0, pack_entries([(1, 1, 1, 1)])), 0.0)
     assert drain(rep, 0.0) == ([], [], [])
     assert rep.role is Role.IDLE and rep.log.last_index == 0
 

@@ -33,11 +33,12 @@ from node.storage import (
     ViewMark,
     wipe,
 )
+from protocol.entries import pack_entries, unpack_entries
 
 
-def entries(first: int, n: int, view: int = 1) -> tuple:
-    """Distinct, recognisable entries: customer = index, order = index * 10."""
-    return tuple((view, i, i * 10, i % 7) for i in range(first, first + n))
+def entries(first: int, n: int, view: int = 1) -> bytes:
+    """Distinct, recognisable entries (packed): customer = index, order = index * 10."""
+    return pack_entries((view, i, i * 10, i % 7) for i in range(first, first + n))
 
 
 def reopen(directory: Path, policy: str = "wal") -> tuple[Storage, Recovered]:
@@ -50,8 +51,8 @@ def record_bytes(payload: bytes) -> bytes:
     return struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
 
 
-def entries_payload(first: int, ents: tuple) -> bytes:
-    return struct.pack("<BQI", 1, first, len(ents)) + b"".join(struct.pack("<Iiii", *e) for e in ents)
+def entries_payload(first: int, ents: bytes) -> bytes:
+    return struct.pack("<BQI", 1, first, len(ents) // 16) + ents
 
 
 # --------------------------------------------------------------------------- round trips
@@ -60,7 +61,7 @@ def entries_payload(first: int, ents: tuple) -> bytes:
 def test_fresh_directory_is_created_and_reported_fresh(tmp_path: Path) -> None:
     d = tmp_path / "a" / "node-1"
     s, rec = reopen(d)
-    assert rec.fresh and rec.notes == [] and rec.entries == [] and rec.snapshot_data is None
+    assert rec.fresh and rec.notes == [] and rec.entries == b"" and rec.snapshot_data is None
     assert (d / WAL_NAME).exists()
     s.close()
     _, rec = reopen(d)
@@ -75,7 +76,7 @@ def test_round_trip_appends_truncates_marks(tmp_path: Path) -> None:
     s.close()
     s, rec = reopen(tmp_path)
     assert not rec.fresh and rec.notes == []
-    assert rec.entries == list(entries(1, 3) + entries(4, 3, view=2))
+    assert rec.entries == (entries(1, 3) + entries(4, 3, view=2))
     assert (rec.commit_index, rec.view_number, rec.last_index, rec.last_view) == (6, 2, 6, 2)
     # Appending after a reopen continues the same log.
     s.write([AppendEntries(7, entries(7, 1, view=2))])
@@ -100,7 +101,7 @@ def test_append_at_lower_index_overwrites(tmp_path: Path) -> None:
     s.write([AppendEntries(4, entries(4, 2, view=3))])  # replaces 4..10 with two entries
     s.close()
     _, rec = reopen(tmp_path)
-    assert rec.entries == list(entries(1, 3) + entries(4, 2, view=3))
+    assert rec.entries == (entries(1, 3) + entries(4, 2, view=3))
 
 
 def test_gap_is_refused_at_write_time(tmp_path: Path) -> None:
@@ -118,8 +119,9 @@ def test_gap_is_refused_at_write_time(tmp_path: Path) -> None:
 
 def test_bad_values_raise_value_error_before_writing(tmp_path: Path) -> None:
     s, _ = reopen(tmp_path)
-    for bad in ([AppendEntries(1, ((1, 2**31, 0, 0),))], [AppendEntries(1, ((1, 2, 3),))],
-                [AppendEntries(0, ())], [CommitMark(-1)], [SnapshotRecord(-1, 0, b"")]):
+    for bad in ([AppendEntries(1, ((1, 2, 0, 0),))], [AppendEntries(1, b"\x00" * 15)],
+                [AppendEntries(0, b"")], [CommitMark(-1)], [SnapshotRecord(-1, 0, b"")],
+                [SnapshotRecord(1, 0, b"", b"\x00" * 17)]):
         with pytest.raises(ValueError):
             s.write(bad)
     with pytest.raises(TypeError):
@@ -154,7 +156,7 @@ def test_snapshot_tail_and_reopen(tmp_path: Path) -> None:
     s.close()
     _, rec = reopen(tmp_path)
     assert (rec.snapshot_index, rec.snapshot_view, rec.snapshot_data) == (80, 4, b"state@80")
-    assert rec.entries == list(entries(81, 25, view=4))
+    assert rec.entries == (entries(81, 25, view=4))
     assert (rec.commit_index, rec.view_number, rec.last_index) == (103, 4, 105)
 
 
@@ -162,11 +164,11 @@ def test_snapshot_beyond_log_and_commit_at_least_snapshot(tmp_path: Path) -> Non
     """A learner installs the primary's snapshot well past its own short log."""
     s, _ = reopen(tmp_path)
     s.write([AppendEntries(1, entries(1, 3))])
-    s.write([SnapshotRecord(1000, 7, b"big", ())])
+    s.write([SnapshotRecord(1000, 7, b"big", b"")])
     s.write([AppendEntries(1001, entries(1001, 2, view=7))])
     s.close()
     _, rec = reopen(tmp_path)
-    assert rec.snapshot_index == 1000 and rec.entries == list(entries(1001, 2, view=7))
+    assert rec.snapshot_index == 1000 and rec.entries == (entries(1001, 2, view=7))
     assert rec.commit_index == 1000 and rec.last_view == 7
 
 
@@ -176,7 +178,7 @@ def test_records_around_snapshot_in_one_batch(tmp_path: Path) -> None:
              AppendEntries(11, entries(11, 2)), ViewMark(9)])
     s.close()
     _, rec = reopen(tmp_path)
-    assert rec.snapshot_index == 5 and rec.entries == list(entries(6, 7))
+    assert rec.snapshot_index == 5 and rec.entries == (entries(6, 7))
     assert (rec.commit_index, rec.view_number) == (8, 9)
 
 
@@ -186,7 +188,7 @@ def test_append_overlapping_snapshot_drops_overlap(tmp_path: Path) -> None:
     s.write([AppendEntries(4, entries(4, 5, view=2))])  # 4..6 lie under the snapshot
     s.close()
     _, rec = reopen(tmp_path)
-    assert rec.snapshot_index == 6 and rec.entries == list(entries(7, 2, view=2))
+    assert rec.snapshot_index == 6 and rec.entries == (entries(7, 2, view=2))
 
 
 def test_crash_window_old_wal_with_new_snapshot(tmp_path: Path) -> None:
@@ -201,7 +203,7 @@ def test_crash_window_old_wal_with_new_snapshot(tmp_path: Path) -> None:
     s.close()
     (tmp_path / WAL_NAME).write_bytes(old_wal)
     _, rec = reopen(tmp_path)
-    assert rec.snapshot_index == 6 and rec.entries == list(entries(7, 4))
+    assert rec.snapshot_index == 6 and rec.entries == (entries(7, 4))
     assert (rec.commit_index, rec.view_number) == (7, 2) and not rec.fresh
 
 
@@ -212,12 +214,12 @@ def test_crash_window_rolls_forward_temp_wal(tmp_path: Path) -> None:
     s.close()
     old_wal = (tmp_path / WAL_NAME).read_bytes()
     s, _ = reopen(tmp_path)
-    s.write([SnapshotRecord(8, 1, b"s8", ((1, 99, 99, 99),))])  # a tail unlike the old log
+    s.write([SnapshotRecord(8, 1, b"s8", pack_entries([(1, 99, 99, 99)]))])  # a tail unlike the old log
     s.close()
     os.replace(tmp_path / WAL_NAME, tmp_path / (WAL_NAME + ".tmp"))
     (tmp_path / WAL_NAME).write_bytes(old_wal)
     _, rec = reopen(tmp_path)
-    assert rec.entries == [(1, 99, 99, 99)] and rec.view_number == 3
+    assert unpack_entries(rec.entries) == [(1, 99, 99, 99)] and rec.view_number == 3
     assert not (tmp_path / (WAL_NAME + ".tmp")).exists()
 
 
@@ -253,14 +255,14 @@ def test_corrupt_snapshot_gives_fresh_with_note(tmp_path: Path, damage: str, cap
     p.write_bytes(bytes(raw))
     with caplog.at_level(logging.ERROR, logger="node.storage"):
         s, rec = reopen(tmp_path)
-    assert rec.fresh and rec.entries == [] and rec.snapshot_data is None and rec.snapshot_index == 0
+    assert rec.fresh and rec.entries == b"" and rec.snapshot_data is None and rec.snapshot_index == 0
     assert len(rec.notes) == 1 and "snapshot" in rec.notes[0]
     assert any(r.levelno == logging.ERROR for r in caplog.records)
     # The node catches up like a wiped node; what it writes now must survive the next restart.
     s.write([AppendEntries(1, entries(1, 2, view=9))])
     s.close()
     _, rec = reopen(tmp_path)
-    assert not rec.fresh and rec.entries == list(entries(1, 2, view=9))
+    assert not rec.fresh and rec.entries == (entries(1, 2, view=9))
     assert (tmp_path / (SNAPSHOT_NAME + ".corrupt")).exists()
 
 
@@ -270,7 +272,7 @@ def test_wal_without_its_snapshot_is_unusable(tmp_path: Path) -> None:
     s.close()
     (tmp_path / SNAPSHOT_NAME).unlink()
     _, rec = reopen(tmp_path)
-    assert rec.fresh and rec.entries == [] and "snapshot" in rec.notes[0]
+    assert rec.fresh and rec.entries == b"" and "snapshot" in rec.notes[0]
 
 
 def test_bad_wal_header_is_unusable(tmp_path: Path) -> None:
@@ -282,7 +284,7 @@ def test_bad_wal_header_is_unusable(tmp_path: Path) -> None:
     raw[10] ^= 0x40  # inside base_index: caught by the header checksum
     p.write_bytes(bytes(raw))
     _, rec = reopen(tmp_path)
-    assert rec.fresh and rec.entries == [] and "header" in rec.notes[0]
+    assert rec.fresh and rec.entries == b"" and "header" in rec.notes[0]
 
 
 # --------------------------------------------------------------------------- torn and corrupt tails
@@ -310,7 +312,7 @@ def test_torn_tail_at_every_offset_of_last_record(tmp_path: Path, caplog) -> Non
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="node.storage"):
             s, rec = reopen(d)
-        assert rec.entries == list(entries(1, 7)), cut
+        assert rec.entries == (entries(1, 7)), cut
         assert not rec.fresh
         if cut > start:
             assert len(rec.notes) == 1
@@ -323,7 +325,7 @@ def test_torn_tail_at_every_offset_of_last_record(tmp_path: Path, caplog) -> Non
         s.write([AppendEntries(8, entries(8, 1, view=5))])
         s.close()
         _, rec = reopen(d)
-        assert rec.entries == list(entries(1, 7)) + list(entries(8, 1, view=5)) and rec.notes == []
+        assert rec.entries == (entries(1, 7)) + (entries(8, 1, view=5)) and rec.notes == []
         shutil.rmtree(d)
 
 
@@ -344,7 +346,7 @@ def test_damage_in_middle_record_cuts_from_there(tmp_path: Path, where: str) -> 
         struct.pack_into("<I", buf, mid, len(buf))
     (tmp_path / WAL_NAME).write_bytes(bytes(buf))
     _, rec = reopen(tmp_path)
-    assert rec.entries == list(entries(1, 4))
+    assert rec.entries == (entries(1, 4))
     assert len(rec.notes) == 1 and f"at offset {mid}" in rec.notes[0]
     assert (tmp_path / WAL_NAME).stat().st_size == mid
 
@@ -362,7 +364,7 @@ def _wal_with(tmp_path: Path, *payloads: bytes) -> Path:
 def test_gap_in_wal_is_cut_off(tmp_path: Path) -> None:
     _wal_with(tmp_path, entries_payload(5, entries(5, 2)), struct.pack("<BQ", 3, 2))
     _, rec = reopen(tmp_path)
-    assert rec.entries == list(entries(1, 3)) and rec.commit_index == 0  # the later mark goes too
+    assert rec.entries == (entries(1, 3)) and rec.commit_index == 0  # the later mark goes too
     assert "gap" in rec.notes[0]
 
 
@@ -375,7 +377,7 @@ def test_gap_in_wal_is_cut_off(tmp_path: Path) -> None:
 def test_undecodable_body_is_cut_off(tmp_path: Path, payload: bytes) -> None:
     _wal_with(tmp_path, payload)
     _, rec = reopen(tmp_path)
-    assert rec.entries == list(entries(1, 3)) and len(rec.notes) == 1
+    assert rec.entries == (entries(1, 3)) and len(rec.notes) == 1
 
 
 def test_hand_built_records_match_documented_format(tmp_path: Path) -> None:
@@ -386,7 +388,7 @@ def test_hand_built_records_match_documented_format(tmp_path: Path) -> None:
     raw += record_bytes(struct.pack("<BQ", 3, 2)) + record_bytes(struct.pack("<BQ", 2, 2))
     (tmp_path / WAL_NAME).write_bytes(raw)
     _, rec = reopen(tmp_path)
-    assert rec.entries == list(entries(1, 1)) and rec.view_number == 6 and rec.commit_index == 1
+    assert rec.entries == (entries(1, 1)) and rec.view_number == 6 and rec.commit_index == 1
 
 
 # --------------------------------------------------------------------------- policies and wipe
@@ -451,7 +453,7 @@ def test_failed_write_is_rolled_back(tmp_path: Path, monkeypatch) -> None:
     s.write([AppendEntries(3, entries(3, 1, view=2))])
     s.close()
     _, rec = reopen(tmp_path)
-    assert rec.entries == list(entries(1, 2)) + list(entries(3, 1, view=2)) and rec.notes == []
+    assert rec.entries == (entries(1, 2)) + (entries(3, 1, view=2)) and rec.notes == []
 
 
 def test_failed_snapshot_install_blocks_writes_until_reload(tmp_path: Path, monkeypatch) -> None:
@@ -474,7 +476,7 @@ def test_failed_snapshot_install_blocks_writes_until_reload(tmp_path: Path, monk
         s.write([AppendEntries(6, entries(6, 1))])
     s.close()
     s, rec = reopen(tmp_path)  # rolls the new WAL forward
-    assert rec.snapshot_index == 3 and rec.entries == list(entries(4, 2)) and rec.view_number == 2
+    assert rec.snapshot_index == 3 and rec.entries == (entries(4, 2)) and rec.view_number == 2
     s.write([AppendEntries(6, entries(6, 1))])
     s.close()
     assert reopen(tmp_path)[1].last_index == 6
@@ -528,7 +530,7 @@ class Model:
     def apply(self, r) -> None:
         if isinstance(r, AppendEntries):
             self.log = {i: e for i, e in self.log.items() if i < r.first_index}
-            for k, e in enumerate(r.entries):
+            for k, e in enumerate(unpack_entries(r.entries)):
                 if r.first_index + k > self.snap_index:
                     self.log[r.first_index + k] = e
         elif isinstance(r, TruncateFrom):
@@ -539,11 +541,11 @@ class Model:
             self.view = max(self.view, r.number)
         else:
             self.snap = (r.index, r.view, r.data)
-            self.log = {r.index + 1 + k: e for k, e in enumerate(r.tail)}
+            self.log = {r.index + 1 + k: e for k, e in enumerate(unpack_entries(r.tail))}
 
     def check(self, rec: Recovered) -> None:
         assert sorted(self.log) == list(range(self.snap_index + 1, self.last + 1))
-        assert rec.entries == [self.log[i] for i in sorted(self.log)]
+        assert unpack_entries(rec.entries) == [self.log[i] for i in sorted(self.log)]
         assert rec.snapshot_index == self.snap_index
         assert rec.snapshot_data == (self.snap[2] if self.snap else None)
         assert rec.snapshot_view == (self.snap[1] if self.snap else 0)
@@ -570,7 +572,7 @@ class StorageMachine(RuleBasedStateMachine):
     @rule(data=st.data(), ents=st.lists(ENTRY, max_size=6))
     def append(self, data, ents) -> None:
         first = data.draw(st.integers(1, self.model.last + 1), label="first_index")
-        self._add(AppendEntries(first, tuple(ents)))
+        self._add(AppendEntries(first, pack_entries(ents)))
 
     @rule(data=st.data())
     def truncate(self, data) -> None:
@@ -587,7 +589,7 @@ class StorageMachine(RuleBasedStateMachine):
     @rule(data=st.data(), view=st.integers(0, 5), blob=st.binary(max_size=20), tail=st.lists(ENTRY, max_size=4))
     def snapshot(self, data, view, blob, tail) -> None:
         index = data.draw(st.integers(0, self.model.last + 5), label="snap_index")
-        self._add(SnapshotRecord(index, view, blob, tuple(tail)))
+        self._add(SnapshotRecord(index, view, blob, pack_entries(tail)))
 
     @rule()
     def flush(self) -> None:
@@ -627,11 +629,11 @@ def test_random_damage_never_raises_and_keeps_a_prefix(tmp_path: Path, steps, da
     prefix of the steps written (never raises, never invents entries)."""
     d = Path(tempfile.mkdtemp(dir=tmp_path))
     s, _ = reopen(d)
-    states, nxt = [[]], 1
+    states, nxt = [b""], 1
     for n in steps:
         s.write([AppendEntries(nxt, entries(nxt, n))])
         nxt += n
-        states.append(list(entries(1, nxt - 1)))
+        states.append((entries(1, nxt - 1)))
     s.close()
     raw = bytearray((d / WAL_NAME).read_bytes())
     action = data.draw(st.sampled_from(["flip", "cut", "garbage"]))
