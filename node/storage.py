@@ -39,6 +39,8 @@ import errno
 import logging
 import os
 import struct
+import threading
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,8 +290,44 @@ def wipe(directory: Path | str) -> list[Path]:
 # --------------------------------------------------------------------------- Storage
 
 
+class _SnapshotInstall:
+    """A snapshot file being written and synced by a thread: at a million orders that is tens
+    of milliseconds (more on a busy machine), too long for the event loop, which goes on
+    appending to the current WAL meanwhile.  Only the file is the thread's; renaming it into
+    place, and the new WAL, stay with the loop (`Storage._finish_install`)."""
+
+    def __init__(self, snapshot: SnapshotRecord, tail: list[bytes], snap_path: Path) -> None:
+        self.snapshot = snapshot
+        self.after = list(tail)  # the new WAL's records: the tail, then everything written since
+        self.tmp_path = snap_path.with_name(SNAPSHOT_NAME + _TMP_SUFFIX)
+        self.seconds = 0.0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="snapshot-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        snap = self.snapshot
+        try:
+            _write_file_synced(self.tmp_path, _snapshot_bytes(snap.index, snap.view, bytes(snap.data)))
+        except BaseException as exc:  # handed to the loop by join()
+            self._error = exc
+        self.seconds = time.monotonic() - started
+
+    def written(self) -> bool:
+        return not self._thread.is_alive()
+
+    def join(self) -> None:
+        self._thread.join()
+        if isinstance(self._error, OSError):
+            raise self._error
+        if self._error is not None:
+            raise OSError(errno.EIO, f"writing the snapshot failed: {self._error!r}")
+
+
 class Storage:
-    """Write-ahead log + snapshot of one node.  Single-threaded: the node's event loop owns it.
+    """Write-ahead log + snapshot of one node.  The node's event loop owns it; a snapshot file
+    alone is written by a helper thread (`_SnapshotInstall`).
 
     Call load() once, then write() after every step.  write() validates the whole batch and
     builds one buffer before touching the file, so a bad record raises ValueError with nothing
@@ -305,6 +343,7 @@ class Storage:
         self._wal_path = self.directory / WAL_NAME
         self._snap_path = self.directory / SNAPSHOT_NAME
         self._fd: int | None = None
+        self._installing: _SnapshotInstall | None = None
         self._size = 0  # bytes in wal.log, to roll back a failed write
         self._loaded = False
         self._broken: str | None = None
@@ -539,9 +578,9 @@ class Storage:
     def write(self, records: list) -> None:
         """Persist one step's records: one os.write (plus one fdatasync under ``fsync``).
 
-        A SnapshotRecord replaces the WAL; records before it in the same batch are already
-        represented by it (marks are remembered, entries must be in its tail), so their bytes
-        are not written."""
+        A SnapshotRecord starts replacing the snapshot and the WAL (`_SnapshotInstall`): the
+        snapshot file is written and synced by a thread, while the loop goes on appending to
+        the current WAL, which stays complete on its own until the new pair is in place."""
         if not records:
             return
         if not self._loaded:
@@ -554,6 +593,7 @@ class Storage:
         snap, last, commit, view = self._snap_index, self._last_index, self._commit, self._view
         parts: list[bytes] = []
         snapshot: SnapshotRecord | None = None
+        snapshot_from = 0  # parts[snapshot_from:] = its tail and the records after it
         for r in records:
             if isinstance(r, AppendEntries):
                 if r.first_index > last + 1:
@@ -577,25 +617,30 @@ class Storage:
                     raise ValueError(f"SnapshotRecord.index must be >= 0, got {r.index}")
                 _snapshot_bytes(r.index, r.view, b"")  # range check before anything is written
                 snapshot = r
-                parts = []
+                snapshot_from = len(parts)
                 snap, last = r.index, r.index + _entry_count(r.tail, "SnapshotRecord.tail")
+                # The tail goes to the current WAL too: it may hold entries never written yet.
                 if r.tail:
                     _encode_entries(r.index + 1, r.tail, parts)
             else:
                 raise TypeError(f"not a storage record: {r!r}")
         if self.policy != "memory":
-            if snapshot is not None:
-                try:
-                    self._install_snapshot(snapshot, commit, view, parts)
-                except OSError as exc:
-                    # The files may be half-way between old and new pair.  Appending now could
-                    # land in a WAL that load() later replaces by rolling the temp WAL forward,
-                    # losing acknowledged records; only load() can sort the pair out.
-                    self._broken = f"snapshot install failed ({exc}); reload required"
-                    raise
-            elif parts:
+            if self._installing is not None and (snapshot is not None or self._installing.written()):
+                self._finish_install()  # before this batch, which then goes to the new WAL
+            if parts:
                 self._append(b"".join(parts))
+                if self._installing is not None:
+                    self._installing.after.extend(parts)
+            if snapshot is not None:
+                self._installing = _SnapshotInstall(snapshot, parts[snapshot_from:], self._snap_path)
         self._snap_index, self._last_index, self._commit, self._view = snap, last, commit, view
+
+    def finish_snapshot(self) -> None:
+        """Wait for a snapshot being written and put the new snapshot + WAL pair in place (the
+        node's loop gets this done by its next write once the file is written; tests and
+        close() call it)."""
+        if self._installing is not None:
+            self._finish_install()
 
     def _append(self, buf: bytes) -> None:
         assert self._fd is not None
@@ -612,32 +657,41 @@ class Storage:
             raise
         self._size += len(buf)
 
-    def _install_snapshot(self, snap: SnapshotRecord, commit: int, view: int, after: list[bytes]) -> None:
-        """Replace snapshot.bin and wal.log so that a crash at any point leaves either the old
-        pair, or the new pair (possibly rolled forward by load()).
+    def _finish_install(self) -> None:
+        """Put the new pair in place so that a crash at any point leaves either the old pair,
+        or the new pair (possibly rolled forward by load()).
 
-        Order: new WAL to a temp file (fsync) -> snapshot temp (fsync) -> rename snapshot ->
-        fsync dir -> rename WAL -> fsync dir.  Fsynced under every disk policy: a snapshot
-        deletes the old log, so it must never be half there; it is rare, so the cost is small.
-        `after` = the encoded tail plus any records that followed the snapshot in the batch."""
-        marks: list[bytes] = []
-        if commit:
-            _encode_u64(REC_COMMIT, commit, "commit", marks)
-        if view:
-            _encode_u64(REC_VIEW, view, "view", marks)
-        wal_bytes = b"".join([_wal_header(snap.index), *marks, *after])
-        tmp_wal = self._wal_path.with_name(WAL_NAME + _TMP_SUFFIX)
-        tmp_snap = self._snap_path.with_name(SNAPSHOT_NAME + _TMP_SUFFIX)
-        _write_file_synced(tmp_wal, wal_bytes)
-        _write_file_synced(tmp_snap, _snapshot_bytes(snap.index, snap.view, bytes(snap.data)))
-        os.replace(tmp_snap, self._snap_path)
-        self._sync_dir()
-        os.replace(tmp_wal, self._wal_path)
-        self._sync_dir()
-        self.close()
-        self._open_wal()
-        log.info("%s: snapshot at index %d (%d bytes), log now holds %d entries", self.name,
-                 snap.index, len(snap.data), len(snap.tail) // ENTRY_SIZE)
+        By now the snapshot temp file is written and synced.  Order: new WAL (the restated
+        marks, the snapshot's tail and every record written since) to a temp file (fsync) ->
+        rename snapshot -> fsync dir -> rename WAL -> fsync dir.  Synced under every disk
+        policy: a snapshot deletes the old log, so it must never be half there."""
+        inst, self._installing = self._installing, None
+        assert inst is not None
+        snap = inst.snapshot
+        try:
+            inst.join()
+            marks: list[bytes] = []
+            if self._commit:
+                _encode_u64(REC_COMMIT, self._commit, "commit", marks)
+            if self._view:
+                _encode_u64(REC_VIEW, self._view, "view", marks)
+            tmp_wal = self._wal_path.with_name(WAL_NAME + _TMP_SUFFIX)
+            _write_file_synced(tmp_wal, b"".join([_wal_header(snap.index), *marks, *inst.after]))
+            os.replace(inst.tmp_path, self._snap_path)
+            self._sync_dir()
+            os.replace(tmp_wal, self._wal_path)
+            self._sync_dir()
+            self.close()
+            self._open_wal()
+        except OSError as exc:
+            # The files may be half-way between old and new pair.  Appending now could land in
+            # a WAL that load() later replaces by rolling the temp WAL forward, losing
+            # acknowledged records; only load() can sort the pair out.
+            self._broken = f"snapshot install failed ({exc}); reload required"
+            raise
+        log.info("%s: snapshot at index %d (%d bytes, written in %.0f ms off the event loop), log now "
+                 "holds %d entries", self.name, snap.index, len(snap.data), inst.seconds * 1000,
+                 self._last_index - snap.index)
 
     # ------------------------------------------------------------------ files
 
@@ -656,7 +710,13 @@ class Storage:
         _fsync_dir(self.directory)
 
     def close(self) -> None:
-        """Close the WAL.  Under ``wal`` the kernel already has every byte; nothing to flush."""
+        """Finish a snapshot install under way, then close the WAL.  Under ``wal`` the kernel
+        already has every byte; nothing to flush."""
+        if self._installing is not None:
+            try:
+                self._finish_install()
+            except OSError:
+                log.error("%s: %s", self.name, self._broken)  # load() sorts the files out
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)

@@ -150,6 +150,7 @@ def test_snapshot_tail_and_reopen(tmp_path: Path) -> None:
     s.write([ViewMark(4), AppendEntries(1, entries(1, 100, view=4)), CommitMark(90)])
     wal_before = (tmp_path / WAL_NAME).stat().st_size
     s.write([SnapshotRecord(80, 4, b"state@80", entries(81, 20, view=4))])
+    s.finish_snapshot()
     assert (tmp_path / WAL_NAME).stat().st_size < wal_before  # the old log is gone
     assert not list(tmp_path.glob("*.tmp"))
     s.write([AppendEntries(101, entries(101, 5, view=4)), CommitMark(103)])
@@ -189,6 +190,60 @@ def test_append_overlapping_snapshot_drops_overlap(tmp_path: Path) -> None:
     s.close()
     _, rec = reopen(tmp_path)
     assert rec.snapshot_index == 6 and rec.entries == (entries(7, 2, view=2))
+
+
+def test_snapshot_file_is_written_off_the_loop_and_records_meanwhile_survive_any_crash(tmp_path: Path, monkeypatch) -> None:
+    """The snapshot file is written by a thread; writes go on meanwhile, into the current WAL
+    (complete on its own) and into the new one.  A crash before, during or after putting the new
+    pair in place loses none of them."""
+    import threading
+
+    import node.storage as mod
+
+    real_write = mod._write_file_synced
+    release = threading.Event()
+
+    def slow_snapshot(path: Path, data: bytes) -> None:
+        if path.name == SNAPSHOT_NAME + ".tmp":
+            assert release.wait(10)
+        real_write(path, data)
+
+    monkeypatch.setattr(mod, "_write_file_synced", slow_snapshot)
+    live = tmp_path / "live"
+    s, _ = reopen(live)
+    s.write([ViewMark(2), AppendEntries(1, entries(1, 10)), CommitMark(8)])
+    s.write([SnapshotRecord(8, 1, b"s8", entries(9, 2))])  # returns while the file is being written
+    s.write([AppendEntries(11, entries(11, 3)), CommitMark(12)])
+    s.write([TruncateFrom(14), AppendEntries(14, entries(14, 1, view=2))])
+
+    crash_in_flight = tmp_path / "in-flight"
+    shutil.copytree(live, crash_in_flight)
+    _, rec = reopen(crash_in_flight)  # the old pair: no snapshot, everything in the WAL
+    assert rec.snapshot_index == 0 and rec.entries == entries(1, 13) + entries(14, 1, view=2)
+    assert (rec.commit_index, rec.view_number) == (12, 2)
+
+    release.set()
+    real_replace = os.replace
+    monkeypatch.setattr(mod.os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(5, "crash"))
+                        if str(b).endswith(WAL_NAME) else real_replace(a, b))
+    with pytest.raises(OSError, match="crash"):
+        s.finish_snapshot()  # snapshot renamed, the new WAL still under its temp name
+    monkeypatch.setattr(mod.os, "replace", real_replace)
+    crash_mid_install = tmp_path / "mid-install"
+    shutil.copytree(live, crash_mid_install)
+    _, rec = reopen(crash_mid_install)  # rolled forward: the new pair, with what came meanwhile
+    assert (rec.snapshot_index, rec.snapshot_data) == (8, b"s8")
+    assert rec.entries == entries(9, 5) + entries(14, 1, view=2) and (rec.commit_index, rec.view_number) == (12, 2)
+
+    s, rec = reopen(live)
+    assert rec.snapshot_index == 8 and rec.entries == entries(9, 5) + entries(14, 1, view=2)
+    s.write([SnapshotRecord(12, 1, b"s12", entries(13, 1) + entries(14, 1, view=2))])
+    s.write([AppendEntries(15, entries(15, 1, view=2))])
+    s.close()  # finishes the install
+    assert not list(live.glob("*.tmp"))
+    _, rec = reopen(live)
+    assert (rec.snapshot_index, rec.snapshot_data) == (12, b"s12")
+    assert rec.entries == entries(13, 1) + entries(14, 2, view=2)
 
 
 def test_crash_window_old_wal_with_new_snapshot(tmp_path: Path) -> None:
@@ -469,8 +524,9 @@ def test_failed_snapshot_install_blocks_writes_until_reload(tmp_path: Path, monk
         return real(src, dst)
 
     monkeypatch.setattr(mod.os, "replace", fail_on_wal)
-    with pytest.raises(OSError):
-        s.write([SnapshotRecord(3, 1, b"s3", entries(4, 2))])
+    s.write([SnapshotRecord(3, 1, b"s3", entries(4, 2))])  # the file is written off the loop...
+    with pytest.raises(OSError, match="I/O error"):
+        s.finish_snapshot()  # ...and putting it in place fails
     monkeypatch.setattr(mod.os, "replace", real)
     with pytest.raises(OSError, match="reload required"):
         s.write([AppendEntries(6, entries(6, 1))])
