@@ -45,7 +45,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protocol.entries import ENTRY_SIZE, VIEW
+from protocol.entries import ENTRY_SIZE, VIEW, count as entry_count
 
 log = logging.getLogger("node.storage")
 
@@ -181,21 +181,11 @@ def _record(payload_parts: list[bytes], out: list[bytes]) -> None:
     out.extend(payload_parts)
 
 
-def _entry_count(block: bytes, what: str) -> int:
-    """Entries in a packed block; ValueError for anything else (checked before any write)."""
-    if not isinstance(block, (bytes, bytearray, memoryview)):
-        raise ValueError(f"{what} must be a packed entry block (protocol/entries.py), not {type(block).__name__}")
-    count, rest = divmod(len(block), ENTRY_SIZE)
-    if rest:
-        raise ValueError(f"{what} of {len(block)} bytes is not a whole number of {ENTRY_SIZE}-byte entries")
-    return count
-
-
 def _encode_entries(first_index: int, block: bytes, out: list[bytes]) -> int:
     """Frame a block as entries records (several if it is huge); returns its entry count."""
     if first_index < 1:
         raise ValueError(f"AppendEntries.first_index must be >= 1, got {first_index}")
-    count = _entry_count(block, "AppendEntries.entries")
+    count = entry_count(block, "AppendEntries.entries")
     # Split so no legitimate record ever looks like a corrupted length on recovery.
     for start in range(0, max(count, 1), _MAX_ENTRIES_PER_RECORD):
         chunk = block[start * ENTRY_SIZE : (start + _MAX_ENTRIES_PER_RECORD) * ENTRY_SIZE]
@@ -618,7 +608,7 @@ class Storage:
                 _snapshot_bytes(r.index, r.view, b"")  # range check before anything is written
                 snapshot = r
                 snapshot_from = len(parts)
-                snap, last = r.index, r.index + _entry_count(r.tail, "SnapshotRecord.tail")
+                snap, last = r.index, r.index + entry_count(r.tail, "SnapshotRecord.tail")
                 # The tail goes to the current WAL too: it may hold entries never written yet.
                 if r.tail:
                     _encode_entries(r.index + 1, r.tail, parts)

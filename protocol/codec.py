@@ -41,6 +41,7 @@ from functools import lru_cache
 from itertools import starmap
 from typing import Any, Callable
 
+from protocol.entries import count as entry_count
 from protocol.messages import (
     INT32_MAX,
     INT32_MIN,
@@ -282,11 +283,12 @@ def _enc_error_reply(m: ErrorReply) -> bytes:
 def _enc_append(m: Append) -> bytes:
     number, primary, mask = _view_fields(m.view, "Append.view")
     entries = m.entries
+    try:
+        count = entry_count(entries, "Append.entries")
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
     if type(entries) is not bytes:
-        entries = _entry_block(entries)
-    count, rest = divmod(len(entries), 16)
-    if rest:
-        raise ProtocolError(f"Append.entries of {len(entries)} bytes is not a whole number of 16-byte entries")
+        entries = bytes(memoryview(entries).cast("B"))
     head = _APPEND.pack(
         _V,
         10,
@@ -303,17 +305,6 @@ def _enc_append(m: Append) -> bytes:
         return head
     _check_frame_size("Append frame", _APPEND.size + len(entries))
     return head + entries  # already in the wire layout (protocol/entries.py)
-
-
-def _entry_block(entries: object) -> bytes:
-    """A bytes-like entry block as bytes; anything else (a tuple of entries, say) is a caller's
-    mistake worth a clear error rather than a silently packed copy."""
-    try:
-        return bytes(memoryview(entries).cast("B"))  # type: ignore[arg-type]
-    except TypeError:
-        raise ProtocolError(
-            f"Append.entries must be a packed entry block (bytes, protocol/entries.py), not {type(entries).__name__}"
-        ) from None
 
 
 def _enc_append_reply(m: AppendReply) -> bytes:

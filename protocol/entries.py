@@ -45,11 +45,18 @@ def unpack_entries(block: bytes | bytearray | memoryview) -> list[Entry]:
     return list(ENTRY.iter_unpack(block))
 
 
-def count(block: bytes | bytearray | memoryview) -> int:
-    """Entries in a block.  Raises ValueError when its length is not a whole number of them."""
-    n, rest = divmod(len(block), ENTRY_SIZE)
+def count(block: bytes | bytearray | memoryview, what: str = "entry block") -> int:
+    """Entries in a block.  Raises ValueError, naming `what`, for anything that is not a
+    bytes-like whole number of entries: the one check the codec and the WAL both make."""
+    if isinstance(block, memoryview):
+        size = block.nbytes
+    elif isinstance(block, (bytes, bytearray)):
+        size = len(block)
+    else:
+        raise ValueError(f"{what} must be a packed entry block (protocol/entries.py), not {type(block).__name__}")
+    n, rest = divmod(size, ENTRY_SIZE)
     if rest:
-        raise ValueError(f"entry block of {len(block)} bytes is not a multiple of {ENTRY_SIZE}")
+        raise ValueError(f"{what} of {size} bytes is not a whole number of {ENTRY_SIZE}-byte entries")
     return n
 
 
