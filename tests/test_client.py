@@ -17,7 +17,7 @@ from typing import Union
 import pytest
 import zmq
 
-from loadgen.client import STOPPED_ERROR, Client, ClientEngine, OpResult, error_reason
+from loadgen.client import STOPPED_ERROR, Client, ClientEngine, OpResult, Wait, error_reason
 from protocol import codec
 from protocol.messages import (
     ClientRequest,
@@ -650,3 +650,32 @@ def test_blocking_client_deadline_from_override(fake_node):
         res = client.read(1)
         assert time.monotonic() - t0 < HANG
         assert not res.ok and error_reason(res.error) == "deadline exceeded"
+
+
+# ---------------------------------------------------------------------------- batched first sends
+
+
+def _sessions_of_one_op(n: int, box: list[OpResult]):
+    def session(customer: int):
+        box.append((yield (1, customer, 0)))
+
+    return [session(c) for c in range(n)]
+
+
+def test_first_attempts_of_one_turn_go_out_together(fake_node, engine):
+    """Operations started in one pass over the ready sessions are sent by one flush (one
+    `start_ns` each, taken just before the batch's sends), at most SEND_BATCH at a time."""
+    n1 = fake_node(1, answer(1))
+    eng = engine([(1, n1.endpoint)])
+    batch = ClientEngine.SEND_BATCH
+    box: list[OpResult] = []
+    eng.run(_sessions_of_one_op(2 * batch + 1, box), max_duration=HANG * 3)
+    assert len(box) == 2 * batch + 1 and all(r.ok and r.attempts == 1 for r in box)
+    starts = sorted({r.start_ns for r in box})
+    assert len(starts) == 3  # flushed after SEND_BATCH, 2 x SEND_BATCH, and the last one
+    assert [sum(1 for r in box if r.start_ns == s) for s in starts] == [batch, batch, 1]
+    assert len(n1.requests) == 2 * batch + 1
+
+
+def test_wait_is_a_value():
+    assert Wait(1.5) == Wait(1.5) and hash(Wait(1.5)) == hash(Wait(1.5)) and Wait(1.5) != Wait(2)
