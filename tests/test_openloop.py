@@ -23,7 +23,9 @@ from loadgen.openloop import (
     slot_sessions,
     validate_open_args,
 )
-from loadgen.worker import LoadSpec, run_spec
+from loadgen import worker as worker_mod
+from loadgen.stats import LatencyRecorder
+from loadgen.worker import Collector, LoadSpec, run_spec
 from protocol.messages import CustomerRecord, LaptopInfo, RequestType
 from tests import test_client as fakes
 from tests.test_client import fake_node  # noqa: F401  (the shared fake-node fixture)
@@ -268,3 +270,57 @@ def test_open_loop_against_fake_nodes(fake_node, procs):
     orders = [(op.customer, op.value) for op in ops if op.f == "order"]
     assert len(orders) == len(set(orders))  # unique across worker processes too
     assert len(col.s_start) == 200
+
+
+# --------------------------------------------------------------------------- per-request costs
+
+
+def test_slots_use_the_schedules_intended_times():
+    done, schedule = run_fake(333, 1.5, slots=7, server=FifoServer(service=2 * MS))
+    assert sorted(c.k for c in done) == list(range(schedule.count))
+    assert all(c.intended_ns == schedule.intended_ns(c.k) for c in done)
+
+
+def test_workload_draws_every_customer_and_only_them():
+    w = OpenLoopWorkload([11, 22, 33, 44, 55], 0.0, seed=5)
+    drawn = [w.next_op()[1] for _ in range(1000)]
+    assert set(drawn) == {11, 22, 33, 44, 55}
+    assert all(100 < drawn.count(c) < 300 for c in (11, 22, 33, 44, 55))  # ~200 each
+
+
+def test_open_loop_record_measures_from_the_intended_start():
+    col = Collector(keep_samples=True, record_history=False)
+    ok = OpResult(True, LaptopInfo(0, 1, 0, 1, 1, 1), None, 3 * MS, 1, 0, 1,
+                  T0 + 2 * MS, T0 + 5 * MS)
+    assert col.record(0, (int(RequestType.ORDER), 1, 0), ok, intended_ns=T0) == "ok"
+    early = OpResult(True, CustomerRecord(0, 1, -1), None, 1 * MS, 1, 0, 1, T0, T0 + 1 * MS)
+    col.record(1, (int(RequestType.READ), 1, 0), early, intended_ns=T0 + 1 * MS)
+    col.flush()
+    assert col.latency.count == 2 and col.lag.count == 2
+
+    def top(ns: int) -> int:  # what the histogram reports for one value (its bucket's top)
+        rec = LatencyRecorder()
+        rec.record_ns(ns)
+        return rec.value_at(100)
+
+    assert col.by_f["order"].value_at(100) == top(5 * MS) and col.by_f["read"].value_at(100) == 1
+    assert col.lag.value_at(100) == top(2 * MS) and col.lag.summary()["min"] == 1  # 0 -> 1 us
+    assert col.service.value_at(100) == top(3 * MS)
+    assert list(col.s_start) == [T0, T0 + 1 * MS] and list(col.s_end) == [T0 + 5 * MS, T0 + 1 * MS]
+    assert col.first_ns == T0 and col.last_ns == T0 + 5 * MS
+    assert col.counts == {"order ok": 1, "read ok": 1}
+
+
+@pytest.mark.parametrize("push", [False, True])
+def test_open_loop_builds_a_telemetry_pusher_only_when_pushing(fake_node, monkeypatch, push):
+    """Without pushing there is no pusher at all: it would still cost every request a
+    histogram update."""
+    calls = []
+    monkeypatch.setattr(worker_mod, "_telemetry", lambda spec, label: calls.append(label))
+    n1 = fake_node(1, fakes.answer(1))
+    spec = LoadSpec(mode="open", config=fakes.make_config(n1), customer_ids=list(range(4)),
+                    rate=100, duration=0.2, read_fraction=0.5, max_inflight=4, drain=5.0,
+                    push_telemetry=push)
+    out = run_spec(spec)
+    assert out.collector.ok == 20
+    assert len(calls) == (1 if push else 0)
