@@ -20,9 +20,21 @@ reported too but is far noisier than CPU per op on a shared machine.
 before/after comparison on the same cluster in the same minutes.  `--profile FILE` writes a
 cProfile of one extra run of the current engine (for finding hot spots; it inflates the costs).
 
-Writes bench/results/client.json.
+`--open-loop RATE [RATE ...]` measures loadgen's open loop instead (`loadgen.worker.run_spec`,
+mode "open", with the parameters of bench/suite.py's saturation rows: one process, 1000
+customers, max in-flight 1000, orders only, no history, samples or telemetry) for `--duration`
+seconds per point.  Each point runs in a fresh child process whose own CPU time over `run_spec`
+is the figure (CPU µs per issued request), next to p50/p99 from the intended start, the sender's
+lag (first send - intended start: is the sender falling behind?), the service time and the
+nodes' CPU per request.  `--tree DIR` (repeatable; default: this checkout) runs the loadgen of
+another checkout, e.g. `git archive BASE | tar -x -C /tmp/base`, interleaved with the others
+per round; the order alternates per round.
+
+Writes bench/results/client.json (open loop: client_open_loop.json).
 Usage: python bench/client_bench.py [--rounds 5] [--duration 4] [--warmup 1] [--customers 100]
                                     [--compare-with FILE] [--profile FILE] [--no-lean] [--out NAME]
+       python bench/client_bench.py --open-loop 23300 27900 [--tree DIR ...] [--rounds 5]
+                                    [--duration 2] [--out NAME]
 """
 
 from __future__ import annotations
@@ -31,6 +43,8 @@ import argparse
 import cProfile
 import importlib.util
 import itertools
+import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +52,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from common import Cluster, log, stats, write_result
+from common import ROOT, Cluster, log, stats, write_result
 from driver import closed_loop
 
 Mark = tuple[float, float, float, int]  # (monotonic s, process CPU s, this thread's CPU s, orders so far)
@@ -126,6 +140,82 @@ def lean_run(nodes: dict[int, str], customers: int, duration: float, warmup: flo
     return out
 
 
+# One open-loop point, run as `python -c OPEN_POINT TREE CONFIG RATE DURATION BASE` so that TREE's
+# loadgen and protocol are imported (nothing of this checkout's bench is), in a fresh process
+# whose CPU time is the client's alone.
+OPEN_POINT = r"""
+import json, os, sys, time
+tree, config, rate, duration, base = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+sys.path.insert(0, tree)
+os.chdir(tree)
+from protocol.config import load_config
+import loadgen.worker
+from loadgen.worker import LoadSpec, run_spec
+assert os.path.realpath(loadgen.worker.__file__).startswith(os.path.realpath(tree)), loadgen.worker.__file__
+spec = LoadSpec(mode="open", config=load_config(config), customer_ids=list(range(base, base + 1000)),
+                rate=rate, duration=duration, read_fraction=0.0, max_inflight=1000, drain=5.0, procs=1,
+                record_history=False, keep_samples=False, push_telemetry=False)
+cpu0 = time.process_time()
+out = run_spec(spec)
+cpu = time.process_time() - cpu0
+col = out.collector
+lat, lag, svc = col.latency.summary(), col.lag.summary(), col.service.summary()
+print(json.dumps({"issued": col.issued, "ok": col.ok, "failed": col.failed,
+                  "cpu_us_per_op": 1e6 * cpu / max(1, col.issued),
+                  "p50_ms": lat["p50"] / 1e3, "p99_ms": lat["p99"] / 1e3, "max_ms": lat["max"] / 1e3,
+                  "lag_p50_ms": lag["p50"] / 1e3, "lag_max_ms": lag["max"] / 1e3,
+                  "service_p50_ms": svc["p50"] / 1e3, "errors": dict(col.errors),
+                  "engine_stats": dict(col.engine_stats)}))
+"""
+
+
+def open_loop_main(args: argparse.Namespace) -> None:
+    """Loadgen's open loop at each rate, every tree in turn per round, on one cluster."""
+    import psutil
+
+    trees = [str(Path(t).resolve()) for t in (args.tree or [str(ROOT)])]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    with Cluster(3) as cl:
+        config = str(cl.data_dir / "cluster.toml")
+        for rnd in range(args.rounds):
+            for rate in args.open_loop:
+                for tree in (trees if rnd % 2 == 0 else trees[::-1]):
+                    cl.settle()
+                    nodes = [psutil.Process(n["pid"]) for n in cl.status()["nodes"] if n.get("pid")]
+                    node_cpu0 = sum(sum(p.cpu_times()[:2]) for p in nodes)
+                    child = subprocess.run(
+                        [sys.executable, "-c", OPEN_POINT, tree, config, str(rate), str(args.duration),
+                         str(next_base())], capture_output=True, text=True, timeout=args.duration + 120)
+                    node_cpu = sum(sum(p.cpu_times()[:2]) for p in nodes) - node_cpu0
+                    if child.returncode != 0:
+                        log(f"round {rnd} {rate:g}/s {tree}: failed\n{child.stderr[-2000:]}")
+                        continue
+                    r = json.loads(child.stdout.strip().splitlines()[-1])
+                    r["nodes_cpu_us_per_op"] = 1e6 * node_cpu / max(1, r["ok"])
+                    runs.setdefault(f"{tree} @ {rate:g}/s", []).append(r)
+                    log(f"round {rnd} {rate:7g}/s {tree}: client {r['cpu_us_per_op']:5.1f} us/op, "
+                        f"p50 {r['p50_ms']:8.1f} p99 {r['p99_ms']:8.1f} ms, lag p50 {r['lag_p50_ms']:7.1f} "
+                        f"max {r['lag_max_ms']:7.1f} ms, service p50 {r['service_p50_ms']:5.1f} ms, "
+                        f"nodes {r['nodes_cpu_us_per_op']:5.1f} us/op ({r['ok']} ok, {r['failed']} failed)")
+    keys = ("cpu_us_per_op", "p50_ms", "p99_ms", "lag_p50_ms", "lag_max_ms", "service_p50_ms",
+            "nodes_cpu_us_per_op")
+    summary = {name: {k: stats([r[k] for r in rs]) for k in keys} | {"failed": sum(r["failed"] for r in rs)}
+               for name, rs in runs.items()}
+    for name, s in summary.items():
+        log(f"{name}: client us/op {s['cpu_us_per_op']['median']} [{s['cpu_us_per_op']['min']}.."
+            f"{s['cpu_us_per_op']['max']}], p50 ms {s['p50_ms']['median']} [{s['p50_ms']['min']}.."
+            f"{s['p50_ms']['max']}], p99 ms {s['p99_ms']['median']} [{s['p99_ms']['min']}.."
+            f"{s['p99_ms']['max']}], lag max ms {s['lag_max_ms']['median']}")
+    path = write_result(args.out if args.out != "client" else "client_open_loop", {
+        "settings": {"rounds": args.rounds, "duration_s": args.duration, "rates": args.open_loop,
+                     "trees": trees, "nodes": 3, "customers": 1000, "max_inflight": 1000,
+                     "clock": "process CPU time of the client process over run_spec per issued request"},
+        "summary": summary,
+        "runs": runs,
+    })
+    log(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -136,7 +226,14 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="write a cProfile of one engine run here")
     parser.add_argument("--no-lean", action="store_true", help="skip the lean driver")
     parser.add_argument("--out", default="client", help="result name under bench/results/")
+    parser.add_argument("--open-loop", type=float, nargs="+", metavar="RATE",
+                        help="measure loadgen's open loop at these rates (requests/s) instead")
+    parser.add_argument("--tree", action="append",
+                        help="with --open-loop: a checkout whose loadgen to run (repeatable)")
     args = parser.parse_args()
+    if args.open_loop:
+        open_loop_main(args)
+        return
 
     from loadgen.client import ClientEngine
 
