@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common import log, write_result  # noqa: E402
+from common import RESULTS, log, write_result  # noqa: E402
 from node.replica import Replica, ReplicaSettings  # noqa: E402
 from node.storage import Recovered, Storage  # noqa: E402
 from protocol import codec  # noqa: E402
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=35, help="entries per append (~35 at 100 customers)")
     parser.add_argument("--appends", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON goes (default bench/results)")
     args = parser.parse_args()
     runs = [run(args.entries, args.appends) for _ in range(args.repeats)]
     per_stage = {}
@@ -84,7 +85,8 @@ def main() -> None:
                             "max": round(max(values), 1), "runs": [round(v, 1) for v in values]}
     for stage, row in per_stage.items():
         log(f"{stage:11s} {row['median']:6.1f} us per append ({row['median'] / args.entries:.2f} per entry)")
-    path = write_result("backup", {"settings": vars(args), "cpu_us_per_append": per_stage})
+    settings = {k: v for k, v in vars(args).items() if k != "out_dir"}
+    path = write_result("backup", {"settings": settings, "cpu_us_per_append": per_stage}, args.out_dir)
     log(f"wrote {path}")
 
 

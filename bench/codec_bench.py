@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
     sys.path.insert(0, str(ROOT))
 
 from protocol.codec import decode, encode  # noqa: E402
+from protocol.entries import pack_entries  # noqa: E402
 from protocol.messages import Append, ClientRequest, View  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "codec.json"
@@ -31,7 +32,7 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "codec.json"
 def _cases() -> dict[str, object]:
     """The messages timed: a client order, and a full replication batch of 256 entries."""
     view = View(7, 1, frozenset({2, 3}))
-    entries = tuple((7, 1000 + i, i + 1, 1) for i in range(256))
+    entries = pack_entries((7, 1000 + i, i + 1, 1) for i in range(256))
     return {
         "ClientRequest": ClientRequest(123456789, 1, 4242, 17),
         "Append[256]": Append(view, 1, 10_000, 7, 9_990, entries),

@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import zmq
 
-from common import log, write_result
+from common import RESULTS, log, write_result
 from protocol.zmq_calls import EVENTS, NOBLOCK, RCVMORE, SNDMORE_NOBLOCK
 PAYLOAD = b"\x01\x01" + bytes(20)  # the size of a ClientRequest frame
 
@@ -150,12 +151,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=50_000, help="calls per measurement")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON goes (default bench/results)")
     args = parser.parse_args()
     calls = run(args.messages, args.repeats)
     for name, row in calls.items():
         log(f"{name:28s} {row['median_us']:6.2f} us/call  (runs {row['runs']})")
     path = write_result("zmq_calls", {"settings": {"messages": args.messages, "repeats": args.repeats,
-                                                   "clock": "process CPU time"}, "calls_us": calls})
+                                                   "clock": "process CPU time"}, "calls_us": calls}, args.out_dir)
     log(f"wrote {path}")
 
 

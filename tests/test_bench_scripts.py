@@ -1,0 +1,41 @@
+"""The in-process benchmarks that `make bench` runs first, at toy sizes: each must run to the end
+and write its JSON.  Only that they work and what they report is shaped right -- never a timing
+(DEVELOPERS.md: speed is measured, not asserted).  A change of a message layout once broke
+bench/codec_bench.py and only `make bench` noticed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(script: str, *args: str) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "result", "keys"),
+    [
+        ("codec_bench.py", ("--repeat", "1"), "codec.json", ("results",)),
+        ("storage_bench.py", ("--batches", "20", "--entries", "8"), "storage.json", ("results",)),
+        ("core_bench.py", ("--orders", "3000", "--batch", "12", "--repeats", "1"), "core.json", ("cpu_us_per_order",)),
+        ("zmq_calls_bench.py", ("--messages", "300", "--repeats", "1"), "zmq_calls.json", ("calls_us",)),
+        ("backup_bench.py", ("--entries", "12", "--appends", "40", "--repeats", "1"), "backup.json", ("cpu_us_per_append",)),
+    ],
+)
+def test_in_process_bench_runs_and_writes_its_json(tmp_path: Path, script: str, args: tuple[str, ...],
+                                                   result: str, keys: tuple[str, ...]) -> None:
+    out_args = ("--out", str(tmp_path / result)) if script in ("codec_bench.py", "storage_bench.py", "core_bench.py") \
+        else ("--out-dir", str(tmp_path))
+    run_bench(script, *args, *out_args)
+    doc = json.loads((tmp_path / result).read_text())
+    for key in keys:
+        assert doc[key], f"{script} wrote an empty {key!r}"
