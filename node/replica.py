@@ -107,7 +107,7 @@ class _Peer:
         self.next_index = next_index  # next entry to send (optimistic: advanced when sent)
         self.match_index = 0  # highest index known to match our log
         self.incarnation = 0
-        self.last_ack = now  # last reply that made progress (or the start)
+        self.last_ack = now  # last reply that made progress, or last tick it was caught up
         self.last_sent = -1.0
         self.last_need = (0, -1.0)  # (index, time) of the last "need" acted on: damps duplicates
         self.snapshot_sent = -1.0
@@ -414,7 +414,12 @@ class Replica:
                 peer.last_ack = now
         self._last_tick = now
         for peer_id, peer in self.peers.items():
-            if peer.match_index < last and now - peer.last_ack >= self.s.retransmit:
+            if peer.match_index >= last:
+                # Caught up, nothing owed: silence now is not lag.  Lag counts from when a peer
+                # falls behind, not from its last progress: otherwise the first order after an
+                # idle second found every backup "lagging" at the next tick (and had it removed).
+                peer.last_ack = now
+            elif now - peer.last_ack >= self.s.retransmit:
                 if now - peer.last_need[1] >= self.s.retransmit:
                     peer.next_index = peer.match_index + 1  # go back: something was lost
                     peer.last_need = (peer.next_index, now)

@@ -414,3 +414,30 @@ def test_a_stalled_primary_does_not_blame_its_backups_but_a_silent_backup_is_pro
     for t in (5.2, 5.4, 5.6, 5.8, 6.0):  # running normally now, and still no answer
         rep.on_tick(t)
     assert rep.make_ping().remove == frozenset({2})
+
+
+def test_an_idle_spell_does_not_make_the_next_order_look_like_lag():
+    """Lag counts from when a backup falls behind, not from its last progress: after seconds of
+    idle heartbeats, the tick that runs right after the first new order must not find the backups
+    lagging (they were proposed for removal in the bench runs that found this) nor resend."""
+    rep = make(1)
+    rep.on_client_request("a", order(1, 1, 1), 0.0)
+    drain(rep, 0.0)
+    for backup in (2, 3):
+        rep.on_message(AppendReply(1, backup, True, 1, 100 + backup), 0.001)
+    drain(rep, 0.001)
+    t = 0.0
+    while t < 3.0:  # idle: ticks and heartbeats, every heartbeat answered, nothing new
+        t = round(t + 0.01, 3)
+        rep.on_tick(t)
+        for peer, msg in drain(rep, t)[1]:
+            rep.on_message(AppendReply(1, peer, True, msg.prev_index, 100 + peer), t)
+    rep.on_client_request("b", order(2, 2, 1), 3.0)
+    rep.on_tick(3.001)  # a tick in the same turn, before the appends have even left
+    assert rep.make_ping().remove == frozenset()
+    persist, messages, _ = drain(rep, 3.001)
+    assert [(peer, m.prev_index, len(m.entries)) for peer, m in sorted(messages, key=lambda x: x[0])] == [(2, 1, 16), (3, 1, 16)]
+    for k in range(1, 13):  # backups that really stop answering are still found out, after 1 s
+        rep.on_tick(3.001 + k / 10)
+        drain(rep, 3.001 + k / 10)
+    assert rep.make_ping().remove == frozenset({2, 3})
