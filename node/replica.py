@@ -544,7 +544,7 @@ class Replica:
         self.snapshot = (msg.snap_index, msg.snap_view, data)
         self.applied_index = self.commit_index = msg.snap_index
         self._unpersisted_from = msg.snap_index + 1
-        self.outbox.persist.append(SnapshotRecord(msg.snap_index, msg.snap_view, data, ()))
+        self.outbox.persist.append(SnapshotRecord(msg.snap_index, msg.snap_view, data, b""))
         self._persisted_commit = max(self._persisted_commit, msg.snap_index)
         log.info("installed snapshot at index %d from node %d (%d bytes)", msg.snap_index, msg.sender, len(data))
         self._send_reply(msg.sender, True, msg.snap_index)

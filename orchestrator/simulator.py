@@ -23,7 +23,7 @@ from node.replica import PING_TIMEOUT_HEARTBEATS, Replica, ReplicaSettings, Role
 from node.state import order_key
 from node.storage import AppendEntries, CommitMark, Recovered, SnapshotRecord, TruncateFrom, ViewMark
 from orchestrator.view_service import ViewService
-from protocol.entries import ENTRY_SIZE
+from protocol.entries import ENTRY_SIZE, count as entry_count
 from protocol.messages import (
     RETRYABLE_ERRORS,
     ClientRequest,
@@ -88,6 +88,7 @@ class SimStorage:
         for rec in records:
             self.written = True
             if isinstance(rec, AppendEntries):
+                entry_count(rec.entries, "AppendEntries.entries")  # what the real Storage refuses
                 keep = rec.first_index - 1 - self.base
                 if keep < 0:
                     self.entries = bytearray(rec.entries[-keep * ENTRY_SIZE :])
@@ -102,6 +103,7 @@ class SimStorage:
             elif isinstance(rec, ViewMark):
                 self.view = max(self.view, rec.number)
             elif isinstance(rec, SnapshotRecord):
+                entry_count(rec.tail, "SnapshotRecord.tail")
                 self.snapshot = (rec.index, rec.view, rec.data)
                 self.entries = bytearray(rec.tail)
                 self.commit = max(self.commit, rec.index)

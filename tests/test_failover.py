@@ -173,6 +173,30 @@ def test_restart_backup_catches_up(cluster: ClusterHandle, wipe: bool):
     assert_converged(cluster)
 
 
+def test_wiped_backup_catches_up_through_a_snapshot_on_disk(cluster_factory, tmp_path):
+    """With snapshots every 300 entries the primary no longer holds the entries a wiped backup
+    lacks, so it must take the snapshot in chunks and install it in its real storage (a path the
+    core's step tests cover only up to the records it emits)."""
+    config = tmp_path / "snap.toml"
+    config.write_text("[replication]\nsnapshot_every = 300\n")
+    cluster = cluster_factory(3)
+    result = cluster.up("--config", str(config))
+    assert result.returncode == 0, result.stderr
+    backup = cluster.status()["view"]["backups"][0]
+    load = BackgroundLoad(cluster)
+    wait_progress(cluster, 200)
+    assert cluster.lfctl("kill", str(backup)).returncode == 0
+    wait_progress(cluster, 1500)
+    assert cluster.lfctl("restart", str(backup), "--wipe").returncode == 0
+    assert_load_clean(load.join())
+    assert_converged(cluster)
+    node_log = (cluster.data_dir / f"node-{backup}" / "node.log").read_text()
+    assert "installed snapshot at index" in node_log
+    restarted = cluster.lfctl("restart", str(backup))  # and it comes back from that snapshot
+    assert restarted.returncode == 0, restarted.stderr
+    assert_converged(cluster)
+
+
 def test_down_and_up_keeps_every_record(cluster: ClusterHandle):
     assert_load_clean(BackgroundLoad(cluster).join())
     before = dumps(cluster, [1, 2, 3])
