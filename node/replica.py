@@ -30,6 +30,7 @@ from protocol.messages import (
     NO_VIEW,
     Append,
     AppendReply,
+    ClientReply,
     ClientRequest,
     CustomerRecord,
     ErrorCode,
@@ -302,7 +303,7 @@ class Replica:
         else:
             self._reply(client, RecordList(req.req_id, tuple(self.book.range(req.customer_id, req.order_number))))
 
-    def _reply(self, client: object, reply: object) -> None:
+    def _reply(self, client: object, reply: ClientReply) -> None:
         self.outbox.replies.append((client, reply))
 
     # ------------------------------------------------------------------ primary: replication
@@ -432,15 +433,15 @@ class Replica:
         if self.pending_add_view != self.view.number:
             self.pending_add.clear()
         for learner in self.learners:
-            peer = self.peers.get(learner)
+            candidate = self.peers.get(learner)
             if (
-                peer is not None
+                candidate is not None
                 and learner not in self.pending_add
-                and peer.incarnation
-                and peer.match_index >= self.commit_index
-                and last - peer.match_index <= self.s.batch_max_entries
+                and candidate.incarnation
+                and candidate.match_index >= self.commit_index
+                and last - candidate.match_index <= self.s.batch_max_entries
             ):
-                self.pending_add[learner] = peer.incarnation
+                self.pending_add[learner] = candidate.incarnation
                 self.pending_add_view = self.view.number
 
     # ------------------------------------------------------------------ backup side
@@ -509,7 +510,8 @@ class Replica:
         reply = AppendReply(self.view.number, self.id, ok, index, self.incarnation)
         if ok and messages:
             last_to, last = messages[-1]
-            if last_to == to and last.ok and last.index <= index and last.view_number == reply.view_number:
+            if (last_to == to and isinstance(last, AppendReply) and last.ok and last.index <= index
+                    and last.view_number == reply.view_number):
                 messages[-1] = (to, reply)
                 return
         messages.append((to, reply))

@@ -29,7 +29,7 @@ from node.storage import Storage
 from protocol import codec
 from protocol.codec import ProtocolError
 from protocol.config import ClusterConfig, ConfigError, load_config
-from protocol.messages import ClientRequest, ErrorCode, ErrorReply, ViewReply
+from protocol.messages import ClientRequest, ErrorCode, ErrorReply, Message, ViewReply
 from protocol.zmq_calls import NOBLOCK, RCVMORE, drain, has_message, send_routed
 
 log = logging.getLogger("node")
@@ -64,7 +64,7 @@ class NodeServer:
             node_id, self.incarnation, recovered.last_index, recovered.snapshot_index, recovered.commit_index,
             config.replication.durability,
         )
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context = zmq.Context.instance()
         self.client_sock = self.ctx.socket(zmq.ROUTER)
         # One load generator may carry a thousand customers over one connection: the default
         # HWM of 1,000 messages per peer would make the ROUTER silently drop replies beyond it.
@@ -82,7 +82,7 @@ class NodeServer:
                 sock.setsockopt(zmq.SNDHWM, PUSH_HWM)
                 sock.connect(peer.repl_endpoint)
                 self.pushes[peer.id] = sock
-        self.vs_sock: zmq.Socket | None = None
+        self.vs_sock: zmq.Socket = self._connect_vs()
         self.ping_sent_at: float | None = None
         self.next_ping = 0.0
         self.heartbeat = config.replication.heartbeat_ms / 1000
@@ -93,7 +93,6 @@ class NodeServer:
         # and to the view service when `vs_blocked`, is dropped here, with no root needed.
         self.blocked: frozenset[int] = frozenset()
         self.vs_blocked = False
-        self._open_vs()
 
     # ------------------------------------------------------------------ sockets
 
@@ -114,14 +113,17 @@ class NodeServer:
                 raise PortInUse(f"node {self.id}: cannot bind tcp://{self.node.host}:{port}: {exc}") from None
 
     def _open_vs(self) -> None:
-        """(Re)open the view-service socket: a reply that never came must not be matched to a
+        """Reopen the view-service socket: a reply that never came must not be matched to a
         later ping (the lease is measured from the send time of the ping a reply answers)."""
-        if self.vs_sock is not None:
-            self.vs_sock.close(linger=0)
-        self.vs_sock = self.ctx.socket(zmq.DEALER)
-        self.vs_sock.setsockopt(zmq.LINGER, 0)
-        self.vs_sock.connect(self.config.supervisor.view_endpoint)
+        self.vs_sock.close(linger=0)
+        self.vs_sock = self._connect_vs()
         self.ping_sent_at = None
+
+    def _connect_vs(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.config.supervisor.view_endpoint)
+        return sock
 
     def close(self) -> None:
         for sock in (self.client_sock, self.repl_sock, self.control_sock, getattr(self, "vs_sock", None), *getattr(self, "pushes", {}).values()):
@@ -269,9 +271,10 @@ class NodeServer:
             except zmq.Again:
                 pass  # not connected or full: the core resends after retransmit_ms
 
-    def _send_reply(self, client: bytes, reply: object) -> None:
+    def _send_reply(self, client: object, reply: Message) -> None:
+        """`client` is the ROUTER identity the shell gave the core with the request."""
         try:
-            send_routed(self.client_sock, client, codec.encode(reply))
+            send_routed(self.client_sock, client, codec.encode(reply))  # type: ignore[arg-type]
         except zmq.ZMQError:
             pass  # the client went away (ROUTER drops unroutable replies)
 

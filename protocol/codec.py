@@ -494,9 +494,10 @@ def encode(msg: Message) -> bytes:
     try:
         encoder = _ENCODERS[type(msg)]
     except KeyError:
-        encoder = next((e for t, e in _ENCODERS.items() if isinstance(msg, t)), None)
-        if encoder is None:
+        fallback = next((e for t, e in _ENCODERS.items() if isinstance(msg, t)), None)
+        if fallback is None:
             raise ProtocolError(f"cannot encode {type(msg).__name__}: not a wire message") from None
+        encoder = fallback
     try:
         return encoder(msg)
     except ProtocolError:

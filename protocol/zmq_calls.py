@@ -23,7 +23,7 @@ POLLIN = int(zmq.POLLIN)
 
 def has_message(sock: zmq.Socket) -> bool:
     """Whether a message is waiting, without the cost of a failed `recv`."""
-    return bool(sock.getsockopt(EVENTS) & POLLIN)
+    return bool(sock.getsockopt(EVENTS) & POLLIN)  # type: ignore[operator]  # EVENTS is an int option
 
 
 def drain(sock: zmq.Socket, limit: int) -> Iterator[bytes]:
