@@ -21,9 +21,9 @@ from protocol.messages import Entry
 
 ENTRY = struct.Struct("<Iiii")
 ENTRY_SIZE = ENTRY.size  # 16
-VIEW = struct.Struct("<I")  # the first field of an entry, read alone by `view_of`
+VIEW = struct.Struct("<I")  # the first field of an entry, read alone (`Log.view_at`)
 
-__all__ = ["ENTRY", "ENTRY_SIZE", "VIEW", "count", "pack_entries", "unpack_entries", "view_of"]
+__all__ = ["ENTRY", "ENTRY_SIZE", "VIEW", "count", "pack_entries", "unpack_entries"]
 
 
 def pack_entries(entries: Iterable[Entry]) -> bytes:
@@ -58,8 +58,3 @@ def count(block: bytes | bytearray | memoryview, what: str = "entry block") -> i
     if rest:
         raise ValueError(f"{what} of {size} bytes is not a whole number of {ENTRY_SIZE}-byte entries")
     return n
-
-
-def view_of(block: bytes | bytearray | memoryview, k: int) -> int:
-    """The view of the k-th entry of a block."""
-    return VIEW.unpack_from(block, k * ENTRY_SIZE)[0]
