@@ -134,17 +134,22 @@ class NodeServer:
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
-        poller = zmq.Poller()
-        for sock in (self.client_sock, self.repl_sock, self.control_sock):
-            poller.register(sock, zmq.POLLIN)
-        registered_vs = self.vs_sock
-        poller.register(registered_vs, zmq.POLLIN)
+        # Each socket in a poll costs system calls on every turn (libzmq checks every socket's
+        # command mailbox before and after it blocks), so a turn polls only what traffic needs:
+        # replication and clients, plus the view service while a ping awaits its answer.  The
+        # control socket is asked once a tick: a command waits at most one tick period.
+        busy = zmq.Poller()
+        for sock in (self.repl_sock, self.client_sock):
+            busy.register(sock, zmq.POLLIN)
+        pinging = self._poller_with_vs()
         next_tick = 0.0
         while not self.stopping:
-            if self.vs_sock is not registered_vs:
-                poller.unregister(registered_vs)
-                registered_vs = self.vs_sock
-                poller.register(registered_vs, zmq.POLLIN)
+            if self.ping_sent_at is None:
+                poller = busy
+            else:
+                if self.vs_sock not in pinging:  # reopened since
+                    pinging = self._poller_with_vs()
+                poller = pinging
             wait = max(0.0, min(next_tick, self.next_ping) - time.monotonic())
             # pyzmq truncates a float timeout to whole milliseconds: rounding down would turn
             # the last millisecond before every tick into a busy spin of poll(0).
@@ -152,17 +157,23 @@ class NodeServer:
             now = time.monotonic()
             if self.repl_sock in ready:
                 self._drain_replication(now)
-            if registered_vs in ready:
+            if self.vs_sock in ready:
                 self._drain_view_service(now)
             if self.client_sock in ready:
                 self._drain_clients(now)
-            if self.control_sock in ready:
-                self._handle_control()
             if now >= next_tick:
+                if has_message(self.control_sock):
+                    self._handle_control()
                 self.core.on_tick(now)
                 next_tick = now + self.tick_period
             self._ping(now)
             self._flush(now)
+
+    def _poller_with_vs(self) -> zmq.Poller:
+        poller = zmq.Poller()
+        for sock in (self.repl_sock, self.client_sock, self.vs_sock):
+            poller.register(sock, zmq.POLLIN)
+        return poller
 
     def _drain_clients(self, now: float) -> None:
         """A request is [identity, b"", payload] (the REQ envelope).  Read frame by frame and
