@@ -255,8 +255,11 @@ class Replica:
             self.outbox.persist.append(AppendEntries(first, self.log.slice(first, last)))
         self._unpersisted_from = last + 1
         if self.role is Role.PRIMARY:
+            # Peers that are in step get the very same Append (one object, one slice): the shell
+            # then encodes it once for all of them.
+            shared: dict[tuple[int, int], Append] = {}
             for peer_id, peer in self.peers.items():
-                self._send_to(peer_id, peer, now)
+                self._send_to(peer_id, peer, now, shared)
             self._advance_commit()
         # The commit mark only saves a restarted node from re-learning its commit index (a lower
         # one is safe: committed entries are in every in-sync log, and the primary resends what
@@ -308,8 +311,9 @@ class Replica:
 
     # ------------------------------------------------------------------ primary: replication
 
-    def _send_to(self, peer_id: int, peer: _Peer, now: float) -> None:
-        """Send what the peer lacks, within the window; a heartbeat when there is nothing new."""
+    def _send_to(self, peer_id: int, peer: _Peer, now: float, shared: dict[tuple[int, int], Append]) -> None:
+        """Send what the peer lacks, within the window; a heartbeat when there is nothing new.
+        `shared` holds this flush's appends by (first, last) index, for the next peer to reuse."""
         log_ = self.log
         last = log_.last_index
         if peer.next_index <= log_.base_index:
@@ -320,15 +324,21 @@ class Replica:
         while peer.next_index <= last and len(unacked) < self.s.max_inflight_batches:
             first = peer.next_index
             upto = min(last, first + self.s.batch_max_entries - 1)
-            prev = first - 1
-            msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, log_.slice(first, upto))
+            msg = shared.get((first, upto))
+            if msg is None:
+                prev = first - 1
+                msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, log_.slice(first, upto))
+                shared[first, upto] = msg
             self.outbox.replicate.append((peer_id, msg))
             peer.next_index = upto + 1
             unacked.append(upto)
             sent = True
         if not sent and now - peer.last_sent >= self.s.heartbeat:
             prev = min(peer.next_index - 1, last)
-            msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, b"")
+            msg = shared.get((prev + 1, prev))  # (first, last) of no entries
+            if msg is None:
+                msg = Append(self.view, self.id, prev, log_.view_at(prev), self.commit_index, b"")
+                shared[prev + 1, prev] = msg
             self.outbox.replicate.append((peer_id, msg))
             unacked.append(prev)  # it is answered like any append
             sent = True
