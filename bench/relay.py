@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script by the suite
     sys.path.insert(0, str(ROOT))
 
-from protocol.zmq_calls import NOBLOCK, RCVMORE, drain, has_message, send_routed  # noqa: E402
+from protocol.zmq_calls import NOBLOCK, drain, has_message, send_routed  # noqa: E402
 
 REQ = struct.Struct("<BBQiii")  # the codec's ClientRequest
 INFO = struct.Struct("<BBQiiiii")  # the codec's LaptopInfo
@@ -86,7 +86,6 @@ def run_primary(node_id: int, host: str, client_port: int, ack_port: int, backup
     pack_seq = SEQ.pack
     unpack_ack = ACK.unpack
     recv_client = clients.recv
-    more = clients.getsockopt
     while not _stop:
         ready = dict(poller.poll(100))
         if acks in ready:
@@ -104,13 +103,15 @@ def run_primary(node_id: int, host: str, client_port: int, ack_port: int, backup
                     ident = recv_client(NOBLOCK)
                 except zmq.Again:
                     break
-                # [identity, b"", payload], checked as the node checks it (two RCVMORE reads);
-                # the benchmark's clients never send anything else, so no resync is needed
-                if recv_client(NOBLOCK) or not more(RCVMORE):
+                # [identity, b"", payload], checked as the node checks it (`.more` of the last
+                # two frames); the benchmark's clients never send anything else, so no resync
+                delimiter = recv_client(NOBLOCK, copy=False)
+                if len(delimiter) or not delimiter.more:
                     continue
-                payload = recv_client(NOBLOCK)
-                if more(RCVMORE):
+                frame = recv_client(NOBLOCK, copy=False)
+                if frame.more:
                     continue
+                payload = frame.bytes
                 _v, _k, req_id, t, customer, order = unpack_req(payload)
                 entries.append(payload)
                 replies.append((ident, pack_info(1, 2, req_id, customer, order, t, node_id, node_id)))

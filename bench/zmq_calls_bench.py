@@ -2,7 +2,8 @@
 
 Why it exists: a node's hot path is mostly socket calls (a client request is three frames in,
 three frames out), and pyzmq's convenience helpers cost several times what the frames do:
-`recv_multipart` reads RCVMORE through the enum machinery after every frame, `send_multipart`
+`recv_multipart` reads RCVMORE after every frame (pyzmq builds a `SocketOption` enum member
+on every `getsockopt`, where a `zmq.Frame`'s `.more` is a plain C call), `send_multipart`
 loops in Python, and a drain that ends on a raised `zmq.Again` pays for building an exception.
 protocol/zmq_calls.py (used by the node, the relay and the client) makes the cheapest variant of
 each; this script is the evidence.
@@ -73,7 +74,7 @@ def _recv_variants(pair: Pair) -> dict[str, Callable[[int], None]]:
         for _ in range(n):
             router.recv_multipart(NOBLOCK)
 
-    def recv_frames(n: int) -> None:  # node/server.py: three recv, RCVMORE checked twice
+    def recv_frames(n: int) -> None:  # three recv, RCVMORE checked twice
         recv, more = router.recv, router.getsockopt
         for _ in range(n):
             recv(NOBLOCK)
@@ -82,7 +83,17 @@ def _recv_variants(pair: Pair) -> dict[str, Callable[[int], None]]:
             recv(NOBLOCK)
             more(RCVMORE)
 
-    return {"recv_multipart": recv_multipart, "recv 3 frames + 2 RCVMORE": recv_frames}
+    def recv_frame_objects(n: int) -> None:  # node/server.py: the last two as zmq.Frame, `.more`
+        recv = router.recv
+        for _ in range(n):
+            recv(NOBLOCK)
+            recv(NOBLOCK, copy=False).more
+            frame = recv(NOBLOCK, copy=False)
+            frame.more
+            frame.bytes
+
+    return {"recv_multipart": recv_multipart, "recv 3 frames + 2 RCVMORE": recv_frames,
+            "recv 1 + 2 zmq.Frame, .more": recv_frame_objects}
 
 
 def _send_variants(pair: Pair) -> dict[str, Callable[[int], None]]:
