@@ -189,9 +189,10 @@ def _encode_entries(first_index: int, block: bytes, out: list[bytes]) -> int:
     if first_index < 1:
         raise ValueError(f"AppendEntries.first_index must be >= 1, got {first_index}")
     count = entry_count(block, "AppendEntries.entries")
+    whole = count <= _MAX_ENTRIES_PER_RECORD  # every append in practice: no copy of the block
     # Split so no legitimate record ever looks like a corrupted length on recovery.
     for start in range(0, max(count, 1), _MAX_ENTRIES_PER_RECORD):
-        chunk = block[start * ENTRY_SIZE : (start + _MAX_ENTRIES_PER_RECORD) * ENTRY_SIZE]
+        chunk = block if whole else block[start * ENTRY_SIZE : (start + _MAX_ENTRIES_PER_RECORD) * ENTRY_SIZE]
         try:
             head = _ENTRIES_HEAD.pack(REC_ENTRIES, first_index + start, len(chunk) // ENTRY_SIZE)
         except struct.error as exc:
@@ -234,7 +235,10 @@ def _fsync_dir(directory: Path) -> None:
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     """os.write, repeated only if the kernel accepted part of the buffer (rare for files)."""
-    view = memoryview(data)
+    written = os.write(fd, data)
+    if written == len(data):
+        return
+    view = memoryview(data)[written:]
     while view:
         written = os.write(fd, view)
         view = view[written:]
