@@ -29,6 +29,8 @@ def run_bench(script: str, *args: str) -> None:
         ("core_bench.py", ("--orders", "3000", "--batch", "12", "--repeats", "1"), "core.json", ("cpu_us_per_order",)),
         ("zmq_calls_bench.py", ("--messages", "300", "--repeats", "1"), "zmq_calls.json", ("calls_us",)),
         ("backup_bench.py", ("--entries", "12", "--appends", "40", "--repeats", "1"), "backup.json", ("cpu_us_per_append",)),
+        # under valgrind: the interpreter's start-up alone takes seconds, so one workload, tiny
+        ("instructions.py", ("--only", "core", "--orders", "300"), "instructions.json", ("instructions",)),
     ],
 )
 def test_in_process_bench_runs_and_writes_its_json(tmp_path: Path, script: str, args: tuple[str, ...],
@@ -39,3 +41,5 @@ def test_in_process_bench_runs_and_writes_its_json(tmp_path: Path, script: str, 
     doc = json.loads((tmp_path / result).read_text())
     for key in keys:
         assert doc[key], f"{script} wrote an empty {key!r}"
+    if script == "instructions.py":
+        assert doc["instructions"]["."]["core_per_order"] > 0

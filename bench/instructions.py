@@ -1,0 +1,187 @@
+"""Instructions executed per order and per backup append, counted by valgrind's callgrind.
+
+Why it exists: on this shared 2-core VM a cluster's throughput moves +-30 % between minutes and
+even in-process CPU timings move 10 %, so a change worth 3 % cannot be seen by timing it.
+callgrind counts the instructions the interpreter executes, which do not depend on what the
+neighbours are doing: two runs of the same code gave counts within 0.2 % of each other (the
+collector runs at slightly different moments), where a timing moves 10 %.  It cannot see the kernel, ZeroMQ's I/O threads or cache misses, so it measures the
+Python work of the sans-IO core, the codec and the WAL encoding, nothing else.
+
+Each workload runs twice under callgrind in a fresh interpreter: once with the work and once
+with the set-up only; the difference divided by the count is the figure.  Workloads:
+
+* `core`: bench/core_bench.py's loop (a primary and two backups in one process, every message
+  through the codec), instructions per order;
+* `backup`: one backup handling appends of `--entries` entries, by cumulative stage (decode,
+  the core's `on_message`, its `flush`, `Storage.write` under `wal`, encoding the ack),
+  instructions per append for each stage.
+
+`--tree DIR` runs the same workloads on another checkout as well (e.g. a `git worktree` of the
+commit before a change), so a before/after is two numbers from one command.
+
+Usage: python bench/instructions.py [--orders 10000] [--batch 17] [--appends 3000] [--entries 12]
+           [--only core,backup] [--tree DIR ...]      -> bench/results/instructions.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("decode", "on_message", "flush", "storage", "encode_ack")
+WORKLOADS = ("core", "backup")
+
+
+# --------------------------------------------------------------------------- child side
+
+
+def _child_core(orders: int, batch: int) -> None:
+    sys.path.insert(0, str(Path.cwd() / "bench"))
+    import core_bench  # noqa: PLC0415  (the tree under test's own copy)
+
+    if orders:
+        core_bench.run(orders, batch)
+
+
+def _child_backup(appends: int, entries: int, stage: int) -> None:
+    # The same set-up as bench/backup_bench.py, written out rather than imported: a tree under
+    # test (`--tree`) may predate any helper, and this must run against that tree's own modules.
+    from node.replica import Replica, ReplicaSettings  # noqa: PLC0415
+    from node.storage import Recovered, Storage  # noqa: PLC0415
+    from protocol import codec  # noqa: PLC0415
+    from protocol.entries import pack_entries  # noqa: PLC0415
+    from protocol.messages import Append, View, ViewReply  # noqa: PLC0415
+
+    view = View(1, 1, frozenset({2, 3}))
+    backup = Replica(2, ReplicaSettings(snapshot_every=10**9), Recovered(), incarnation=5)
+    backup.on_view_reply(ViewReply(view), 0.0, 0.0)
+    backup.flush(0.0).clear()
+    frames = []
+    for b in range(appends):
+        first = b * entries
+        block = pack_entries((1, (first + k) % 1000, first + k, 1) for k in range(entries))
+        frames.append(codec.encode(Append(view, 1, first, 1 if first else 0, first, block)))
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = Storage(tmp, "wal")
+        storage.load()
+        for frame in frames if stage else ():
+            msg = codec.decode(frame)
+            if stage < 2:
+                continue
+            backup.on_message(msg, 1.0)
+            if stage < 3:
+                backup.outbox.clear()
+                continue
+            out = backup.flush(1.0)
+            if stage >= 4:
+                storage.write(out.persist)
+            if stage >= 5:
+                for _peer, ack in out.messages:
+                    codec.encode(ack)
+            out.clear()
+        storage.close()
+
+
+def child(argv: list[str]) -> None:
+    sys.path.insert(0, str(Path.cwd()))
+    kind, *nums = argv
+    if kind == "core":
+        _child_core(int(nums[0]), int(nums[1]))
+    else:
+        _child_backup(int(nums[0]), int(nums[1]), int(nums[2]))
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def count(tree: Path, args: list[str]) -> int:
+    """Instructions executed by `python bench/instructions.py --child ARGS` run in `tree`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+               str(Path(__file__).resolve()), "--child", *args]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}  # set iteration orders, hence instruction counts
+        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"callgrind run failed in {tree}: {proc.stderr[-2000:]}")
+        match = re.search(r"^(?:summary|totals):\s+(\d+)", out.read_text(), re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"no instruction total in callgrind's output for {args}")
+        return int(match.group(1))
+
+
+def _commit(tree: Path) -> str:
+    """The checkout's commit (+ "-dirty" with uncommitted changes), or "" outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=tree, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=tree,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return sha + ("-dirty" if dirty else "")
+
+
+def measure(tree: Path, only: list[str], a: argparse.Namespace) -> dict:
+    result: dict = {}
+    if "core" in only:
+        setup = count(tree, ["core", "0", str(a.batch)])
+        total = count(tree, ["core", str(a.orders), str(a.batch)])
+        result["core_per_order"] = round((total - setup) / a.orders)
+    if "backup" in only:
+        counts = [count(tree, ["backup", str(a.appends), str(a.entries), str(stage)]) for stage in range(len(STAGES) + 1)]
+        per_stage = {name: round((counts[i + 1] - counts[i]) / a.appends) for i, name in enumerate(STAGES)}
+        result["backup_per_append"] = {**per_stage, "total": round((counts[-1] - counts[0]) / a.appends)}
+    return result
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2:])
+        return 0
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import RESULTS, log, write_result  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--orders", type=int, default=10_000, help="orders through the core workload")
+    parser.add_argument("--batch", type=int, default=17, help="orders per primary loop turn (~17 at 100 customers)")
+    parser.add_argument("--appends", type=int, default=3_000, help="appends through the backup workload")
+    parser.add_argument("--entries", type=int, default=12, help="entries per append")
+    parser.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--tree", type=Path, action="append", default=[],
+                        help="another checkout to measure the same way (repeatable)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON goes (default bench/results)")
+    a = parser.parse_args()
+    only = [w.strip() for w in a.only.split(",") if w.strip()]
+    if unknown := [w for w in only if w not in WORKLOADS]:
+        parser.error(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)}")
+    if shutil.which("valgrind") is None:
+        print("bench/instructions.py: valgrind is not installed (it counts the instructions)", file=sys.stderr)
+        return 2
+    for tree in a.tree:
+        if not (tree / "node" / "replica.py").is_file():
+            parser.error(f"--tree {tree}: not a checkout of this project (no node/replica.py)")
+    trees = {".": ROOT, **{str(t): t.resolve() for t in a.tree}}
+    started = time.monotonic()
+    results = {}
+    for name, tree in trees.items():
+        results[name] = {"commit": _commit(tree), **measure(tree, only, a)}
+        log(f"{name}: {results[name]}")
+    settings = {"orders": a.orders, "batch": a.batch, "appends": a.appends, "entries": a.entries, "only": only,
+                "trees": list(trees), "counter": "valgrind --tool=callgrind, user-space instructions"}
+    path = write_result("instructions", {"settings": settings, "instructions": results,
+                                         "seconds": round(time.monotonic() - started, 1)}, a.out_dir)
+    log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
