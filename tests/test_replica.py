@@ -352,6 +352,23 @@ def test_book_snapshot_keeps_every_applied_order_once_and_survives_a_round_trip(
     assert again.orders == {**book.orders, (9 << 32) | 5: 1} and again.records == {7: 2, 8: 1, 9: 5}
 
 
+def test_book_packs_applied_blocks_in_bulk_exactly_as_the_dict_would():
+    """Applied blocks go to the snapshot arrays in bulk (strided copies, every 1,024 blocks and
+    at serialize): the bytes must be those built from the dicts, negative ids included."""
+    book = OrderBook()
+    entries = [(1 + i % 3, (i * 7919) % 2001 - 1000, i - 500, 1 + i % 63) for i in range(3000)]
+    for first in range(0, len(entries), 2):  # 1,500 blocks: one bulk pass on the way, one at serialize
+        book.apply_all(pack_entries(entries[first : first + 2]))
+    book._pack_applied()  # the bulk path itself, before serialize could fall back to the dicts
+    assert list(book._order_keys) == list(book.orders)
+    assert bytes(book._engineers) == bytes(book.orders.values())
+    by_hand = OrderBook()
+    by_hand.records, by_hand.orders = dict(book.records), dict(book.orders)
+    assert len(book.orders) == 3000
+    assert book.serialize() == by_hand.serialize()
+    assert OrderBook.deserialize(book.serialize()).orders == book.orders
+
+
 def test_snapshot_listing_an_order_twice_is_refused():
     book = OrderBook()
     book.apply_all(pack_entries([(1, 7, 1, 2)]))
