@@ -40,7 +40,7 @@ class OrderBook:
         self.orders: dict[int, int] = {}
         self._order_keys = array("Q")  # the keys of `orders`, in insertion order
         self._engineers = bytearray()  # their values (node ids < 64)
-        self._unpacked: list[bytes | bytearray | memoryview] = []  # applied blocks not in the arrays yet
+        self._unpacked: list[bytes] = []  # applied blocks not in the arrays yet
 
     def apply(self, entry: Entry) -> int:
         """Apply one entry; returns its order key."""
