@@ -23,27 +23,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from backup_workload import backup_and_appends  # noqa: E402
 from common import RESULTS, log, write_result  # noqa: E402
-from node.replica import Replica, ReplicaSettings  # noqa: E402
-from node.storage import Recovered, Storage  # noqa: E402
+from node.storage import Storage  # noqa: E402
 from protocol import codec  # noqa: E402
-from protocol.entries import pack_entries  # noqa: E402
-from protocol.messages import Append, View, ViewReply  # noqa: E402
 
 STAGES = ("decode", "on_message", "flush", "storage", "encode_ack")
 
 
 def run(entries: int, appends: int) -> dict[str, float]:
     """CPU microseconds per append for each stage."""
-    view = View(1, 1, frozenset({2, 3}))
-    backup = Replica(2, ReplicaSettings(snapshot_every=10**9), Recovered(), incarnation=5)
-    backup.on_view_reply(ViewReply(view), 0.0, 0.0)
-    backup.flush(0.0).clear()
-    frames = []
-    for b in range(appends):
-        first = b * entries
-        block = pack_entries((1, (first + k) % 1000, first + k, 1) for k in range(entries))
-        frames.append(codec.encode(Append(view, 1, first, 1 if first else 0, first, block)))
+    backup, frames = backup_and_appends(entries, appends)
     spent = dict.fromkeys(STAGES, 0.0)
     clock = time.process_time
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,6 +26,7 @@ Usage: python bench/instructions.py [--orders 10000] [--batch 17] [--appends 300
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -52,23 +53,16 @@ def _child_core(orders: int, batch: int) -> None:
 
 
 def _child_backup(appends: int, entries: int, stage: int) -> None:
-    # The same set-up as bench/backup_bench.py, written out rather than imported: a tree under
-    # test (`--tree`) may predate any helper, and this must run against that tree's own modules.
-    from node.replica import Replica, ReplicaSettings  # noqa: PLC0415
-    from node.storage import Recovered, Storage  # noqa: PLC0415
+    # bench/backup_workload.py of *this* checkout, loaded by path (an older tree under test may not
+    # have it); it imports the project's modules from the tree under test, first on sys.path.
+    spec = importlib.util.spec_from_file_location("backup_workload", Path(__file__).with_name("backup_workload.py"))
+    assert spec is not None and spec.loader is not None
+    workload = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(workload)
+    from node.storage import Storage  # noqa: PLC0415
     from protocol import codec  # noqa: PLC0415
-    from protocol.entries import pack_entries  # noqa: PLC0415
-    from protocol.messages import Append, View, ViewReply  # noqa: PLC0415
 
-    view = View(1, 1, frozenset({2, 3}))
-    backup = Replica(2, ReplicaSettings(snapshot_every=10**9), Recovered(), incarnation=5)
-    backup.on_view_reply(ViewReply(view), 0.0, 0.0)
-    backup.flush(0.0).clear()
-    frames = []
-    for b in range(appends):
-        first = b * entries
-        block = pack_entries((1, (first + k) % 1000, first + k, 1) for k in range(entries))
-        frames.append(codec.encode(Append(view, 1, first, 1 if first else 0, first, block)))
+    backup, frames = workload.backup_and_appends(entries, appends)
     with tempfile.TemporaryDirectory() as tmp:
         storage = Storage(tmp, "wal")
         storage.load()
