@@ -324,8 +324,9 @@ def print_endpoints(cl: Cluster, status: dict, sup_pid: int) -> None:
 
 
 def foreground(cl: Cluster) -> int:
-    """Print one status line every 2 s until Ctrl-C (or SIGTERM/SIGHUP), then take the cluster
-    down: a foreground cluster lives exactly as long as its terminal session."""
+    """Print one status line every 2 s until Ctrl-C (or SIGTERM/SIGHUP, or the reader of its
+    output leaving), then take the cluster down: a foreground cluster lives exactly as long as
+    its terminal session."""
 
     def interrupt(signum: int, frame: Any) -> NoReturn:
         raise KeyboardInterrupt
@@ -352,8 +353,14 @@ def foreground(cl: Cluster) -> int:
                     warn("the supervisor is gone")
                     return 1
             time.sleep(FOREGROUND_PERIOD)
-    except KeyboardInterrupt:
-        say("")
+    except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, SIGTERM, SIGHUP; `lfctl up | head -3`
+        try:
+            say("")
+        except OSError:
+            # The terminal closed (SIGHUP), or the reader of our pipe left (`| head`), or took the
+            # same Ctrl-C (`| tee`): nothing can be shown any more, but the cluster must come down.
+            devnull = open(os.devnull, "w")  # noqa: SIM115 -- lives until the process exits
+            sys.stdout = sys.stderr = devnull
         return 0 if down(cl) else 1
 
 

@@ -371,3 +371,30 @@ def test_foreground_up_stops_the_cluster_on_ctrl_c(cluster_factory):
     assert "is down" in rest
     assert all_gone(pids)
     assert not processes_using(handle.data_dir)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, None], ids=["terminal-closed", "reader-left"])
+def test_foreground_up_stops_the_cluster_when_its_output_is_gone(cluster_factory, sig):
+    """The terminal closed (SIGHUP; or `lfctl up | tee log` lost its reader to the same Ctrl-C),
+    or the reader just left (`lfctl up | head -3`): writing fails, and the cluster must still
+    come down."""
+    handle = cluster_factory(3)
+    proc = subprocess.Popen([PYTHON, "-m", "orchestrator.cli", "up", "--nodes", "3", "--base-port", str(handle.base_port),
+                             "--data-dir", str(handle.data_dir)], cwd=handle.cwd, env=lfctl_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("Ctrl-C stops the cluster"):
+                break
+        handle.record_pids()
+        pids = set(handle.pids)
+        proc.stdout.close()  # nobody reads its output any more
+        if sig is not None:
+            proc.send_signal(sig)
+        proc.wait(timeout=30)  # without a signal: the next status line (every 2 s) finds the pipe gone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert all_gone(pids)
+    assert not processes_using(handle.data_dir)
