@@ -107,6 +107,12 @@ def plot_nodes(d: dict) -> plt.Figure:
                 sts99 = [d[name][n][customers]["p99_us"] for n in ns]
                 ax.plot(x, [s["median"] for s in sts99], style, alpha=0.35,
                         label=("lfctl" if name == "cluster" else "relay") + " p99")
+    pair = d.get("paired_2_5")
+    if pair:  # the 2- and 5-node points measured side by side (the target's ratio)
+        pts = pair["points"]
+        for name, style in (("cluster", "D"), ("relay", "v")):
+            axes[0].plot([2, 5], [pts[f"{name}_{n}"]["p50_us"]["median"] for n in (2, 5)], style, markersize=8,
+                         label=("lfctl" if name == "cluster" else "relay") + ", 2 and 5 side by side")
     axes[0].set_title("latency, 1 customer", fontsize=10)
     axes[1].set_title("latency, 100 customers", fontsize=10)
     axes[2].set_title("throughput, 100 customers", fontsize=10)
@@ -118,8 +124,8 @@ def plot_nodes(d: dict) -> plt.Figure:
         ax.set_xticks(x)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
-    r = d["ratios"]
-    fig.suptitle(f"Replicated writes vs number of nodes (lfctl p50 at 5 nodes / 2 nodes = {r['cluster_p50_1_5_over_2']})")
+    five_two = pair["cluster_p50_5_over_2"] if pair else d["ratios"]["cluster_p50_1_5_over_2"]
+    fig.suptitle(f"Replicated writes vs number of nodes (lfctl p50 at 5 nodes / 2 nodes, side by side = {five_two})")
     return fig
 
 

@@ -146,10 +146,23 @@ def section_nodes() -> list[str]:
     out += table(["nodes", "lfctl p50 ms, 1 customer", "relay p50 ms, 1 customer", "lfctl writes/s, 100", "relay writes/s, 100",
                   "lfctl p50 ms (100)", "lfctl p99 ms (100)"], rows)
     r = d["ratios"]
-    out += [f"- **lfctl unloaded p50, 5 nodes / 2 nodes = {r['cluster_p50_1_5_over_2']}** (target ≤ 1.3: "
-            f"{'met' if d['targets']['met'] else 'not met'}); the bare relay's own 5/2 ratio: {r['relay_p50_1_5_over_2']}; "
-            f"lfctl 5 nodes / 1 node: {r['cluster_p50_1_5_over_1']}.",
-            f"- lfctl throughput at 100 customers, 5 nodes / 2 nodes = {r['cluster_throughput_100_5_over_2']}.",
+    pair = d.get("paired_2_5")
+    if pair:
+        pc, pr = pair["cluster_p50_5_over_2_paired"], pair["relay_p50_5_over_2_paired"]
+        pts = pair["points"]
+        out += [f"- **lfctl unloaded p50, 5 nodes / 2 nodes = {pair['cluster_p50_5_over_2']}**, measured side by side: "
+                f"a 2- and a 5-node cluster (and relay) up at once, {pair['settings']['pairs']} rotations of 1-customer "
+                f"points; lfctl {ms(pts['cluster_2']['p50_us'])} → {ms(pts['cluster_5']['p50_us'])} ms (paired per "
+                f"rotation: {pc['median']}, {pc['min']}–{pc['max']}); target ≤ 1.3: {'met' if d['targets']['met'] else 'not met'}. "
+                f"The bare relay's own 5/2 ratio: {pair['relay_p50_5_over_2']} (paired: {pr['median']}, {pr['min']}–{pr['max']}).",
+                f"- The sweep above, whose 2- and 5-node points are half a minute apart: lfctl 5/2 = "
+                f"{r['cluster_p50_1_5_over_2']}, the relay's {r['relay_p50_1_5_over_2']}; lfctl 5 nodes / 1 node: "
+                f"{r['cluster_p50_1_5_over_1']}."]
+    else:
+        out += [f"- **lfctl unloaded p50, 5 nodes / 2 nodes = {r['cluster_p50_1_5_over_2']}** (target ≤ 1.3: "
+                f"{'met' if d['targets']['met'] else 'not met'}); the bare relay's own 5/2 ratio: {r['relay_p50_1_5_over_2']}; "
+                f"lfctl 5 nodes / 1 node: {r['cluster_p50_1_5_over_1']}."]
+    out += [f"- lfctl throughput at 100 customers, 5 nodes / 2 nodes = {r['cluster_throughput_100_5_over_2']}.",
             "- lfctl / relay per node count, unloaded p50: " + ", ".join(f"{n}: {v}" for n, v in r["cluster_over_relay_p50_1"].items()) +
             (("; throughput at 100: " + ", ".join(f"{n}: {v}" for n, v in r["cluster_over_relay_throughput_100"].items()))
              if r["cluster_over_relay_throughput_100"] else "") + ".", ""]

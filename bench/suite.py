@@ -46,6 +46,7 @@ class Settings:
     repeats: int = 3
     nodes_duration: float = 0.8  # the 1..5 node sweep: 45 points
     nodes_warmup: float = 0.3
+    nodes_pairs: int = 6  # 2 and 5 nodes (cluster and relay) up at once, measured in rotation
     limit_pairs: int = 6  # relay/cluster measured back to back this many times (short points: a noisy
     limit_duration: float = 1.0  # neighbour hits both sides of a pair alike)
     peer_duration: float = 1.0
@@ -309,6 +310,7 @@ def exp_nodes(s: Settings) -> None:
                         log(f"nodes n={n} r{rep} {name:8} {customers:>4} customers: {brief(r)}")
     summary = {name: {str(n): {str(c): agg(v) for c, v in by_c.items()} for n, by_c in by_n.items()}
                for name, by_n in runs.items()}
+    pair = nodes_paired(s)
     cl = summary["cluster"]
     out = {
         "settings": {**asdict(s), "nodes": [1, 2, 3, 4, 5], "customers": [1, 100], "duration": s.nodes_duration,
@@ -325,10 +327,43 @@ def exp_nodes(s: Settings) -> None:
                                                   for n in cl if "100" in summary["relay"][n]},
             "cluster_over_relay_p50_1": {n: ratio(cl[n]["1"]["p50_us"], summary["relay"][n]["1"]["p50_us"]) for n in cl},
         },
-        "targets": {"p50_5_over_2_max": 1.3},
+        "paired_2_5": pair,
+        "targets": {"p50_5_over_2_max": 1.3, "judged_on": "paired_2_5.cluster_p50_5_over_2"},
     }
-    out["targets"]["met"] = (out["ratios"]["cluster_p50_1_5_over_2"] or 99) <= 1.3
+    out["targets"]["met"] = (pair["cluster_p50_5_over_2"] or 99) <= 1.3
     write_result("nodes", out)
+
+
+def nodes_paired(s: Settings) -> dict:
+    """The 5/2-node latency target, measured as a same-time ratio.
+
+    In the sweep above the 2- and 5-node points are half a minute apart, and on this shared VM
+    the cost of a wake-up (what an unloaded write is made of) drifts by 2x within a minute: the
+    sweep's 5/2 ratio came out anywhere from 0.46 to 1.50 for the same code.  Here a 2-node and a
+    5-node cluster and relay are up at once and measured one after the other, in a rotating
+    order, so every repeat yields a ratio of two points a few seconds apart."""
+    names = ("cluster_2", "cluster_5", "relay_2", "relay_5")
+    points: dict[str, list[dict]] = {name: [] for name in names}
+    with Relay(2) as r2, Relay(5) as r5, Cluster(2) as c2, Cluster(5) as c5:
+        targets = [("cluster_2", c2, cluster_pids(c2)), ("cluster_5", c5, cluster_pids(c5)),
+                   ("relay_2", r2, r2.pids), ("relay_5", r5, r5.pids)]
+        for rep in range(s.nodes_pairs):
+            k = rep % len(targets)
+            for name, target, pids in targets[k:] + targets[:k]:
+                r = lean_point(target, pids, 1, s.nodes_duration, s.nodes_warmup)
+                points[name].append(r)
+                log(f"nodes paired r{rep} {name:9} 1 customer: {brief(r)}")
+    summary = {name: agg(v) for name, v in points.items()}
+    return {
+        "settings": {"pairs": s.nodes_pairs, "duration": s.nodes_duration, "warmup": s.nodes_warmup, "customers": 1,
+                     "order": "rotating: each repeat starts one target later"},
+        "points": summary,
+        # as in experiment 1: the ratio of the medians, and the ratio of each rotation's own pair
+        "cluster_p50_5_over_2": ratio(summary["cluster_5"]["p50_us"], summary["cluster_2"]["p50_us"]),
+        "relay_p50_5_over_2": ratio(summary["relay_5"]["p50_us"], summary["relay_2"]["p50_us"]),
+        "cluster_p50_5_over_2_paired": paired(points["cluster_5"], points["cluster_2"], p50),
+        "relay_p50_5_over_2_paired": paired(points["relay_5"], points["relay_2"], p50),
+    }
 
 
 # --------------------------------------------------------------------------- 4: saturation and tail
@@ -690,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings()
     if args.long:
         s = Settings(duration=10.0, warmup=1.0, repeats=5, limit_pairs=10, limit_duration=5.0, nodes_duration=5.0,
-                     nodes_warmup=1.0, peer_duration=5.0,
+                     nodes_warmup=1.0, nodes_pairs=10, peer_duration=5.0,
                      open_loop_duration=10.0, failover_default_client_trials=20, catch_up_entries=500_000,
                      profile_seconds=30.0, loadgen_open_loop_repeats=5, durability_duration=10.0, long=True)
     if args.repeats:
