@@ -142,7 +142,7 @@ _REPLY_FOR: dict[int, type] = {
     RequestType.BULK_READ: RecordList,
 }
 _REPLY_TYPES = frozenset({LaptopInfo, CustomerRecord, RecordList, ErrorReply})
-_FATAL_ERRORS = frozenset({ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE, ErrorCode.PROTOCOL})
+_FATAL_ERRORS = frozenset({ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE, ErrorCode.PROTOCOL, ErrorCode.STALE_ORDER})
 
 
 def error_reason(error: str | None) -> str:

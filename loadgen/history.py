@@ -50,7 +50,7 @@ TYPES = ("invoke", "ok", "fail", "info")
 _F_OF = {int(RequestType.ORDER): F_ORDER, int(RequestType.READ): F_READ}
 # Reasons after which the operation surely did not take effect: the node refused to run it, or
 # it could not even be encoded.  Everything else that is not a success may have happened.
-_SURELY_NOT = frozenset({"BAD_REQUEST", "TOO_LARGE", "PROTOCOL", "invalid request"})
+_SURELY_NOT = frozenset({"BAD_REQUEST", "TOO_LARGE", "PROTOCOL", "STALE_ORDER", "invalid request"})
 
 # A record in memory: (time, process, type, f, customer, value) -- a tuple is a fifth of a dict.
 Record = tuple[int, Any, str, str, Any, Any]

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-from node.state import Log, OrderBook, order_key
+from node.state import STALE, Log, OrderBook, order_key
 from node.storage import AppendEntries, CommitMark, Recovered, SnapshotRecord, TruncateFrom, ViewMark
 from protocol.entries import ENTRY, ENTRY_SIZE, VIEW
 from protocol.messages import (
@@ -275,12 +275,15 @@ class Replica:
     # ------------------------------------------------------------------ primary: requests
 
     def _order(self, client: object, req: ClientRequest) -> None:
-        key = ((req.customer_id & 0xFFFFFFFF) << 32) | (req.order_number & 0xFFFFFFFF)  # order_key, inlined: hot
-        engineer = self.book.orders.get(key)
-        if engineer is not None:  # already committed: answer again, do not append twice
-            self._reply(client, self._laptop(req, engineer))
-            self.ops += 1
+        last = self.book.records.get(req.customer_id)
+        if last is not None and req.order_number <= last:
+            if req.order_number == last:  # already committed: answer again, do not append twice
+                self._reply(client, self._laptop(req, self.book.engineers[req.customer_id]))
+                self.ops += 1
+            else:
+                self._reply(client, self._stale(req, last))
             return
+        key = ((req.customer_id & 0xFFFFFFFF) << 32) | (req.order_number & 0xFFFFFFFF)  # order_key, inlined: hot
         index = self.pending_keys.get(key)
         if index is not None:  # a retry of an order still in flight: wait with it
             self.waiters.setdefault(index, []).append((client, req))
@@ -294,6 +297,11 @@ class Replica:
 
     def _laptop(self, req: ClientRequest, engineer: int) -> LaptopInfo:
         return LaptopInfo(req.req_id, req.customer_id, req.order_number, ORDER, engineer, self.id)
+
+    @staticmethod
+    def _stale(req: ClientRequest, last: int) -> ErrorReply:
+        msg = f"customer {req.customer_id} already has order {last}: order {req.order_number} is older and was not applied"
+        return ErrorReply(req.req_id, ErrorCode.STALE_ORDER, NO_NODE, msg)
 
     def _answer_read(self, client: object, req: ClientRequest) -> None:
         self.ops += 1
@@ -625,32 +633,35 @@ class Replica:
         self.commit_index = commit
         first = self.applied_index + 1
         if commit >= first:
-            keys = self.book.apply_all(self.log.slice(first, commit))
+            block = self.log.slice(first, commit)
+            accepted = self.book.apply_all(block)
             if self.pending_keys or self.waiters:  # a primary: answer whoever waits on these
-                self._answer_committed(first, keys)
+                self._answer_committed(first, block, accepted)
         self.applied_index = max(self.applied_index, commit)
         if self.parked_reads and commit >= self.view_start_index and self.role is Role.PRIMARY:
             parked, self.parked_reads = self.parked_reads, []
             for client, req in parked:
                 self._answer_read(client, req)
 
-    def _answer_committed(self, first: int, keys: list[int]) -> None:
-        """Reply to the clients waiting on the entries from `first` on (their keys in order).
-        Builds the replies inline rather than through `_reply`/`_laptop`: once per order."""
+    def _answer_committed(self, first: int, block: bytes, accepted: list[int]) -> None:
+        """Reply to the clients waiting on the entries from `first` on (`block`, and what
+        `OrderBook.apply_all` made of each).  Builds the replies inline rather than through
+        `_reply`/`_laptop`: once per order."""
         pending = self.pending_keys
         waiters = self.waiters
-        engineers = self.book.orders
         replies = self.outbox.replies
         me = self.id
         answered = 0
-        for index, key in enumerate(keys, first):
-            pending.pop(key, None)
+        for index, ((_v, customer, order, _e), engineer) in enumerate(zip(ENTRY.iter_unpack(block), accepted), first):
+            pending.pop(((customer & 0xFFFFFFFF) << 32) | (order & 0xFFFFFFFF), None)  # order_key, inlined
             waiting = waiters.pop(index, None)
             if waiting:
-                engineer = engineers[key]  # the first acceptance, should this entry repeat an order
                 for client, req in waiting:
-                    replies.append((client, LaptopInfo(req.req_id, req.customer_id, req.order_number, ORDER, engineer, me)))
-                answered += len(waiting)
+                    if engineer == STALE:
+                        replies.append((client, self._stale(req, self.book.records[customer])))
+                    else:
+                        replies.append((client, LaptopInfo(req.req_id, req.customer_id, req.order_number, ORDER, engineer, me)))
+                        answered += 1
         self.ops += answered
 
     def _take_snapshot(self) -> None:

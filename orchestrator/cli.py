@@ -747,7 +747,8 @@ def build_parser() -> Parser:
     p = add("status", cmd_status, "show the view and every node (exit 1 when a node is not up)")
     p.add_argument("--json", action="store_true")
 
-    p = add("order", cmd_order, "place one order (request type 1)")
+    p = add("order", cmd_order, "place one order (request type 1); a customer's order numbers only grow: "
+                              "its last order again is a retry, an older one is refused (STALE_ORDER)")
     p.add_argument("customer", type=int, metavar="CUSTOMER")
     p.add_argument("order", type=int, metavar="ORDER")
     p.add_argument("--json", action="store_true")

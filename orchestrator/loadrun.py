@@ -165,14 +165,15 @@ def cmd_load(args: argparse.Namespace) -> int:
         print(msg, file=sys.stderr if quiet else sys.stdout, flush=True)
 
     # Which customers: 0..C-1 (the original workload's), unless the load places orders and some
-    # of them already have records -- an earlier run's orders would make the check's model wrong
-    # (an order number applied before is a no-op now) -- then ids nobody has used yet, found by
-    # bulk reads.  Read-only loads keep 0..C-1: the recorded initial state is all they need.
+    # of them already have records -- an earlier run's order numbers are at or below their last
+    # orders, so they would be answered as retries or refused as stale, and the check's model
+    # would be wrong -- then ids nobody has used yet, found by bulk reads.  Read-only loads keep
+    # 0..C-1: the recorded initial state is all they need.
     count = args.customers or (OPEN_LOOP_CUSTOMERS if mode == "open" else 0)
     base = args.customer_base if args.customer_base is not None else 0
     writes = (mode == "open" and args.reads < 1.0) or (mode == "closed" and args.type == 1)
     initial: dict[int, int] = {}
-    if record:
+    if record or writes:
         initial = _read_range(cfg, base, count)
         if initial and writes and args.customer_base is None:
             rng = random.Random(args.seed)
@@ -185,8 +186,9 @@ def cmd_load(args: argparse.Namespace) -> int:
                     break
         if initial and writes:
             note(f"warning: {len(initial)} of customers {base}..{base + count - 1} already have "
-                 "records; if this run repeats order numbers of an earlier one, the check can "
-                 "report violations that are not (choose an unused --customer-base)")
+                 "records; orders at or below a customer's last are answered as retries or "
+                 "refused as STALE_ORDER, and the check can report violations that are not "
+                 "(choose an unused --customer-base)")
     customers = list(range(base, base + count))
     deadline_s = args.op_deadline if args.op_deadline is not None else cfg.client.deadline_ms / 1000.0
     drain = args.drain if args.drain is not None else min(deadline_s + 1.0, 30.0)

@@ -42,6 +42,7 @@ class ErrorCode(IntEnum):
     TOO_LARGE = 4  # bulk range wider than the server allows
     OVERLOADED = 5  # too many operations pending; back off and retry
     PROTOCOL = 6  # the frame could not be decoded
+    STALE_ORDER = 7  # the customer already has a later order: this one was not applied (not retryable)
 
 
 # Errors after which the client may safely send the same request to another node.

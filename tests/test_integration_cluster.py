@@ -90,10 +90,17 @@ def test_cli_order_read_and_load(cluster: ClusterHandle):
     assert out.returncode == 0 and "customer 7: last order 3" in out.stdout
     out = cluster.lfctl("read", "8")
     assert out.returncode == 0 and "customer 8 has no record" in out.stdout
-    out = cluster.lfctl("load", "--customers", "4", "--orders", "5", "--type", "1", "--json")
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout)
-    assert report["schema_version"] == 1 and report["ok"] == 20 and report["failed"] == 0
+    out = cluster.lfctl("order", "7", "3")  # the same order again: a retry, answered again
+    assert out.returncode == 0 and "order 3 of customer 7 committed" in out.stdout, out.stderr
+    out = cluster.lfctl("order", "7", "2")  # older than the customer's last order: refused
+    assert out.returncode == 1
+    assert "STALE_ORDER: customer 7 already has order 3: order 2 is older and was not applied" in out.stderr
+    assert "customer 7: last order 3" in cluster.lfctl("read", "7").stdout
+    for extra in ((), ("--no-run-dir",)):  # a second run must not reuse the first one's customers
+        out = cluster.lfctl("load", "--customers", "4", "--orders", "5", "--type", "1", "--json", *extra)
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert report["schema_version"] == 1 and report["ok"] == 20 and report["failed"] == 0, report
 
 
 def test_status_json_shape(cluster: ClusterHandle):

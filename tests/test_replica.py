@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from array import array
+
 import pytest
 
 from node.replica import Replica, ReplicaSettings, Role
-from node.state import Log, OrderBook
+from node.state import STALE, Log, OrderBook, order_key
 from node.storage import AppendEntries, CommitMark, Recovered, SnapshotRecord, TruncateFrom, ViewMark
 from protocol.entries import count, pack_entries, unpack_entries
 from protocol.messages import (
@@ -338,48 +340,90 @@ def test_packed_log_slices_truncates_and_compacts_by_index():
         Log(0, 0, b"\x00" * 17)
 
 
-def test_book_snapshot_keeps_every_applied_order_once_and_survives_a_round_trip():
+def test_book_applies_an_order_only_above_the_customers_last():
     book = OrderBook()
-    book.apply_all(pack_entries([(1, 7, 1, 2), (1, 8, 1, 3), (1, 7, 1, 3), (1, 7, 2, 1)]))  # (7, 1) twice: kept once
+    accepted = book.apply_all(pack_entries([
+        (1, 7, 1, 2),
+        (1, 8, 1, 3),
+        (1, 7, 1, 3),  # a repeat of customer 7's last order: no change, the first engineer stands
+        (1, 7, 2, 1),
+        (1, 7, 1, 3),  # older than customer 7's last order now: not applied
+        (1, -4, -9, 5),  # negative ids are ordinary ids
+    ]))
+    assert accepted == [2, 3, 2, 1, STALE, 5]
+    assert book.records == {7: 2, 8: 1, -4: -9}
+    assert book.engineers == {7: 1, 8: 3, -4: 5}
+    assert book.apply((2, 8, 0, 1)) == STALE and book.records[8] == 1
+
+
+def test_book_snapshot_round_trips_and_stays_one_record_per_customer():
+    book = OrderBook()
+    for n in range(3000):  # customers interleaved: new ones arrive between updates of old ones
+        book.apply_all(pack_entries([(1, n % 7 - 3, n, 1 + n % 63), (1, 100 + n // 500, n, 2)]))
     data = book.serialize()
-    by_hand = OrderBook()  # the same state written straight into the dicts
-    by_hand.records, by_hand.orders = dict(book.records), dict(book.orders)
-    assert by_hand.serialize() == data
+    customers = len(book.records)
+    assert customers == 7 + 6
+    assert len(data) == 5 + 8 + customers * (4 + 4 + 1)  # per customer, however many orders
     copy = OrderBook.deserialize(data)
-    assert (copy.records, copy.orders) == ({7: 2, 8: 1}, book.orders)
-    copy.apply_all(pack_entries([(2, 9, 5, 1), (2, 8, 1, 2)]))  # applying on after a restore extends the snapshot
-    again = OrderBook.deserialize(copy.serialize())
-    assert again.orders == {**book.orders, (9 << 32) | 5: 1} and again.records == {7: 2, 8: 1, 9: 5}
+    assert (copy.records, copy.engineers) == (book.records, book.engineers)
+    assert copy.digest() == book.digest()
+    assert copy.apply_all(pack_entries([(2, 0, 2999, 9), (2, 0, 3000, 9)])) == [book.engineers[0], 9]
+    assert OrderBook.deserialize(copy.serialize()).records == {**book.records, 0: 3000}
 
 
-def test_book_packs_applied_blocks_in_bulk_exactly_as_the_dict_would():
-    """Applied blocks go to the snapshot arrays in bulk (strided copies, every 1,024 blocks and
-    at serialize): the bytes must be those built from the dicts, negative ids included."""
-    book = OrderBook()
-    entries = [(1 + i % 3, (i * 7919) % 2001 - 1000, i - 500, 1 + i % 63) for i in range(3000)]
-    for first in range(0, len(entries), 2):  # 1,500 blocks: one bulk pass on the way, one at serialize
-        book.apply_all(pack_entries(entries[first : first + 2]))
-    book._pack_applied()  # the bulk path itself, before serialize could fall back to the dicts
-    assert list(book._order_keys) == list(book.orders)
-    assert bytes(book._engineers) == bytes(book.orders.values())
-    by_hand = OrderBook()
-    by_hand.records, by_hand.orders = dict(book.records), dict(book.orders)
-    assert len(book.orders) == 3000
-    assert book.serialize() == by_hand.serialize()
-    assert OrderBook.deserialize(book.serialize()).orders == book.orders
+def _snapshot_v1(records: dict[int, int], orders: dict[tuple[int, int], int]) -> bytes:
+    """A snapshot in the previous format: customers, last orders, then every applied order."""
+    keys = array("Q", [order_key(c, o) for c, o in orders])
+    return b"".join((b"LFSM1", len(records).to_bytes(8, "little"), array("i", records).tobytes(),
+                     array("i", records.values()).tobytes(), len(orders).to_bytes(8, "little"),
+                     keys.tobytes(), bytes(orders.values())))
 
 
-def test_snapshot_listing_an_order_twice_is_refused():
+def test_book_reads_a_snapshot_of_the_previous_format():
+    """A data dir written before orders were kept per customer keeps its state."""
+    data = _snapshot_v1({7: 2, -3: 5}, {(7, 1): 4, (7, 2): 1, (-3, 5): 6, (-3, 1): 2})
+    book = OrderBook.deserialize(data)
+    assert book.records == {7: 2, -3: 5}
+    assert book.engineers == {7: 1, -3: 6}  # the engineer of each customer's last order
+    with pytest.raises(ValueError, match="missing from the order table"):
+        OrderBook.deserialize(_snapshot_v1({7: 2}, {(7, 1): 4}))
+
+
+def test_snapshot_listing_a_customer_twice_is_refused():
     book = OrderBook()
     book.apply_all(pack_entries([(1, 7, 1, 2)]))
-    data = bytearray(book.serialize())
-    # two orders with the same key: patch the count and append the key and engineer again
-    head = len(data) - 8 - 1 - 8
-    count = int.from_bytes(data[head : head + 8], "little")
-    key, engineer = bytes(data[head + 8 : head + 16]), bytes(data[-1:])
-    forged = bytes(data[:head]) + (count + 1).to_bytes(8, "little") + key + key + engineer + engineer
+    forged = b"LFSM2" + (2).to_bytes(8, "little") + array("i", [7, 7]).tobytes() + array("i", [1, 2]).tobytes() + bytes([2, 2])
+    assert book.serialize() == b"LFSM2" + (1).to_bytes(8, "little") + array("i", [7]).tobytes() + array("i", [1]).tobytes() + bytes([2])
     with pytest.raises(ValueError, match="twice"):
         OrderBook.deserialize(forged)
+
+
+def test_older_order_of_a_customer_is_refused_without_being_appended():
+    rep = make(1, View(1, 1, frozenset()))
+    rep.on_client_request("a", order(1, 10, 3), 0.01)
+    drain(rep, 0.01)
+    rep.on_client_request("old", order(2, 10, 2), 0.02)
+    persist, _, replies = drain(rep, 0.02)
+    assert persist == [] and rep.log.last_index == 1
+    assert [(c, r.code) for c, r in replies] == [("old", ErrorCode.STALE_ORDER)]
+    assert "already has order 3" in replies[0][1].message
+    assert rep.book.records == {10: 3}
+
+
+def test_orders_of_one_customer_committed_out_of_order_refuse_the_older():
+    """Two orders of a customer in flight at once, the later number first in the log: the
+    earlier one is answered as stale when its entry commits, and changes nothing."""
+    rep = make(1)
+    rep.on_client_request("six", order(1, 10, 6), 0.01)
+    rep.on_client_request("five", order(2, 10, 5), 0.01)
+    drain(rep, 0.01)
+    for b in (2, 3):
+        rep.on_message(AppendReply(1, b, True, 2, 100 + b), 0.02)
+    replies = dict(drain(rep, 0.02)[2])
+    assert replies["six"] == LaptopInfo(1, 10, 6, 1, 1, 1)
+    assert replies["five"].code == ErrorCode.STALE_ORDER
+    assert rep.book.records == {10: 6} and rep.pending_keys == {} and rep.waiters == {}
+    assert rep.ops == 1
 
 
 def test_restart_recovers_committed_state_from_storage():
