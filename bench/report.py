@@ -104,7 +104,7 @@ def section_limit() -> list[str]:
         f"(paired: {pp['median']}, {pp['min']}–{pp['max']}); target ≤ 1.2: {'met' if t['p50_met'] else 'not met'}.",
         f"- CPU per write, all server processes together (100 customers): relay {mmm(r['server_cpu_us_per_write_100']['relay'], ' µs')}, "
         f"lfctl {mmm(r['server_cpu_us_per_write_100']['cluster'], ' µs')}: **lfctl / relay = {r['server_cpu_per_write_cluster_over_relay']}** "
-        f"(on two shared cores this sum, not one process, sets the throughput; it is also the figure least disturbed by neighbours).",
+        f"(the figure least disturbed by neighbours; throughput follows the loaded round trip, see 'What limits').",
         f"- with the project's own client (`loadgen.client.ClientEngine`) instead of the lean driver: "
         f"lfctl / relay = {r['throughput_100_loadgen_cluster_over_relay']} at 100 customers.",
         "",
