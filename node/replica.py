@@ -118,6 +118,17 @@ class _Peer:
 
 
 class Replica:
+    # Slots: the core has over thirty attributes, past the thirty an instance dict shares keys
+    # for in CPython 3.11; beyond that every attribute read on the hot path takes the slower
+    # lookup (bench/instructions.py: see docs/performance.md).
+    __slots__ = (
+        "id", "s", "incarnation", "durable", "outbox", "view", "role", "learners", "log", "book", "snapshot",
+        "applied_index", "commit_index", "_persisted_commit", "_ticks_since_mark", "_unpersisted_from", "ops",
+        "peers", "pending_add", "pending_add_view", "waiters", "pending_keys", "parked_reads", "view_start_index",
+        "lease_until", "_last_tick", "regressed", "lagging", "_replicated_last", "_replicate_due", "_commit_due",
+        "_incoming",
+    )
+
     def __init__(self, node_id: int, settings: ReplicaSettings, recovered: Recovered, incarnation: int) -> None:
         self.id = node_id
         self.s = settings
@@ -139,7 +150,7 @@ class Replica:
         self.applied_index = recovered.snapshot_index
         self.commit_index = recovered.snapshot_index
         self._persisted_commit = recovered.commit_index
-        self._commit_mark_due = False  # a tick passed: write the commit mark even on its own
+        self._ticks_since_mark = 0  # ticks since the commit mark was last written (see flush)
         self._unpersisted_from = self.log.last_index + 1  # first entry not yet handed to storage
         self.ops = 0
 
@@ -155,6 +166,12 @@ class Replica:
         self._last_tick = -1.0
         self.regressed: set[int] = set()  # backups that lost acknowledged entries: must leave the view
         self.lagging: set[int] = set()  # backups alive for the view service but not keeping up with us
+        # What a primary's flush may skip (see flush): the replication pass, while no entry is
+        # new and nothing has left a peer owed a message; the commit check, while no ack, view
+        # or tick has come in.  A tick sets both, so nothing is ever put off past one tick.
+        self._replicated_last = -1  # the log's last index at the end of the last replication pass
+        self._replicate_due = True
+        self._commit_due = True
 
         # learner side of a snapshot transfer: (snap_index, snap_view, total, buffer)
         self._incoming: tuple[int, int, int, bytearray] | None = None
@@ -195,6 +212,7 @@ class Replica:
             self._reply(client, ErrorReply(req.req_id, ErrorCode.BAD_REQUEST, NO_NODE, f"unknown request type {req.type}"))
 
     def on_message(self, msg: object, now: float) -> None:
+        self._commit_due = True
         if isinstance(msg, Append):
             self._on_append(msg, now)
         elif isinstance(msg, AppendReply):
@@ -205,6 +223,7 @@ class Replica:
     def on_view_reply(self, reply: ViewReply, now: float, sent_at: float) -> None:
         """`sent_at` is when the ping this answers was sent: the lease counts from then, which is
         never later than the moment the view service last heard from us."""
+        self._replicate_due = self._commit_due = True  # learners and the view may have changed
         if self._is_newer(reply.view):
             self._adopt_view(reply.view, now)
         elif reply.view.number < self.view.number:
@@ -223,7 +242,8 @@ class Replica:
                     self.peers[learner] = _Peer(self.log.last_index + 1, now)
 
     def on_tick(self, now: float) -> None:
-        self._commit_mark_due = True
+        self._ticks_since_mark += 1
+        self._replicate_due = self._commit_due = True  # heartbeats, retransmits, lagging peers
         # Snapshots are taken here rather than at commit time: a step that commits entries
         # leaves them in the log, where the simulator's invariant checks can still see them.
         if self.applied_index - self.log.base_index >= self.s.snapshot_every:
@@ -255,21 +275,30 @@ class Replica:
             self.outbox.persist.append(AppendEntries(first, self.log.slice(first, last)))
         self._unpersisted_from = last + 1
         if self.role is Role.PRIMARY:
-            # Peers that are in step get the very same Append (one object, one slice): the shell
-            # then encodes it once for all of them.
-            shared: dict[tuple[int, int], Append] = {}
-            for peer_id, peer in self.peers.items():
-                self._send_to(peer_id, peer, now, shared)
-            self._advance_commit()
+            # A turn that brought only acks in step (or only client requests) leaves nothing to
+            # send, and one with only client requests nothing to commit: skipping the passes
+            # spares each such turn a call per peer.
+            if last != self._replicated_last or self._replicate_due:
+                # Peers that are in step get the very same Append (one object, one slice): the
+                # shell then encodes it once for all of them.
+                shared: dict[tuple[int, int], Append] = {}
+                for peer_id, peer in self.peers.items():
+                    self._send_to(peer_id, peer, now, shared)
+                self._replicated_last = last
+                self._replicate_due = False
+            if self._commit_due or not self.view.backups:  # alone, new entries commit at once
+                self._advance_commit()
+        self._commit_due = False
         # The commit mark only saves a restarted node from re-learning its commit index (a lower
         # one is safe: committed entries are in every in-sync log, and the primary resends what
-        # a backup drops).  So it rides along with a turn that writes anyway, and goes on its own
-        # at most once a tick: a primary's turns that only take acks would otherwise each cost a
-        # write -- and under `fsync` a sync -- before their replies.
-        if self.commit_index > self._persisted_commit and (self.outbox.persist or self._commit_mark_due):
+        # a backup drops).  So it is written at most once a tick: with the first turn that
+        # writes anyway once a tick has passed, or on its own once a second one has.  Riding
+        # along with every write cost each loaded turn a record; going on its own every turn
+        # would cost a primary's ack turns a write -- and under `fsync` a sync -- before replies.
+        if self.commit_index > self._persisted_commit and self._ticks_since_mark and (self.outbox.persist or self._ticks_since_mark > 1):
             self.outbox.persist.append(CommitMark(self.commit_index))
             self._persisted_commit = self.commit_index
-        self._commit_mark_due = False
+            self._ticks_since_mark = 0
         return self.outbox
 
     # ------------------------------------------------------------------ primary: requests
@@ -401,6 +430,8 @@ class Replica:
             if need < peer.next_index and not (need == last_need and now - at < self.s.retransmit):
                 peer.next_index = max(need, 1)
                 peer.last_need = (need, now)
+        if peer.next_index <= self.log.last_index:
+            self._replicate_due = True  # behind: resent from further back, or its window opened
 
     def _regress(self, peer_id: int, peer: _Peer, match: int) -> None:
         """The peer lost entries it had acknowledged (it restarted without them): it can no
@@ -580,6 +611,7 @@ class Replica:
         old = self.view
         was_primary = self.role is Role.PRIMARY
         self.view = view
+        self._replicate_due = self._commit_due = True
         self.outbox.persist.append(ViewMark(view.number))
         if view.primary == self.id:
             # Continuing as primary into the very next view keeps what we know of the peers:

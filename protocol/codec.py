@@ -759,6 +759,20 @@ def decode(data: bytes | memoryview) -> Message:
         raise ProtocolError(f"{INTERNAL_FAILURE} for kind {kind}: {exc!r}") from exc
 
 
+def decode_request(data: bytes | memoryview) -> ClientRequest:
+    """A frame from a client, which must be a ClientRequest: anything else, another kind of
+    message included, is a ProtocolError.  The well-formed request is one unpack here, with
+    no dispatch: a primary decodes one per operation."""
+    if type(data) is bytes and len(data) == 22 and data[0] == _V and data[1] == 1:
+        _, _, req_id, t, customer_id, order_number = _CLIENT_REQUEST.unpack(data)
+        if t == 1 or t == 2 or t == 3:
+            return ClientRequest(req_id, t, customer_id, order_number)
+    msg = decode(data)  # raises the specific error for a malformed frame
+    if type(msg) is not ClientRequest:
+        raise ProtocolError(f"expected a ClientRequest, got a {type(msg).__name__}")
+    return msg
+
+
 def peek_kind(data: bytes | memoryview) -> int:
     """Validate the version byte and return the kind (a `Kind`) without decoding the body, so
     a shell can route or drop a frame cheaply."""

@@ -10,8 +10,6 @@ must make exactly the node's calls to stay a fair limit) and the client all use 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import zmq
 
 NOBLOCK = int(zmq.NOBLOCK)
@@ -24,21 +22,6 @@ POLLIN = int(zmq.POLLIN)
 def has_message(sock: zmq.Socket) -> bool:
     """Whether a message is waiting, without the cost of a failed `recv`."""
     return bool(sock.getsockopt(EVENTS) & POLLIN)  # type: ignore[operator]  # EVENTS is an int option
-
-
-def drain(sock: zmq.Socket, limit: int) -> Iterator[bytes]:
-    """Up to `limit` single-frame messages that are waiting.  After the first one it asks
-    EVENTS rather than trying another `recv`: when not loaded a turn usually brings one
-    message, and this spares it the raised `zmq.Again`."""
-    recv = sock.recv
-    for i in range(limit):
-        if i == 1 and not has_message(sock):
-            return
-        try:
-            data = recv(NOBLOCK)
-        except zmq.Again:
-            return
-        yield data
 
 
 def send_routed(sock: zmq.Socket, identity: bytes, payload: bytes) -> None:

@@ -25,6 +25,7 @@ from protocol.codec import (
     ProtocolError,
     decode,
     decode_json,
+    decode_request,
     encode,
     encode_json,
     peek_kind,
@@ -516,6 +517,49 @@ def test_fuzz_single_bit_flips_of_generated_frames(msg, bit, data):
     pos = data.draw(st.integers(0, len(frame) - 1))
     frame[pos] ^= 1 << bit
     _decode_or_protocol_error(bytes(frame))
+
+
+def _agrees_with_decode(data: bytes) -> None:
+    """decode_request (the client socket's decoder) gives what decode gives for a request, and
+    a ProtocolError -- decode's own one for a malformed frame -- for anything else."""
+    try:
+        msg = decode(data)
+    except ProtocolError as exc:
+        with pytest.raises(ProtocolError) as caught:
+            decode_request(data)
+        assert str(caught.value) == str(exc)
+        return
+    if type(msg) is ClientRequest:
+        got = decode_request(data)
+        assert got == msg and type(got.req_id) is int and type(got.type) is int
+    else:
+        with pytest.raises(ProtocolError, match=f"expected a ClientRequest, got a {type(msg).__name__}"):
+            decode_request(data)
+
+
+def test_decode_request_takes_requests_only():
+    for req in (ClientRequest(7, 1, 3, 4), ClientRequest(U64_MAX, 3, INT32_MIN, INT32_MAX), ClientRequest(0, 2, -1, 0)):
+        assert decode_request(encode(req)) == req
+        assert decode_request(memoryview(encode(req))) == req
+    with pytest.raises(ProtocolError, match="request type 4 is not 1, 2 or 3"):
+        decode_request(struct.pack("<BBQiii", PROTOCOL_VERSION, 1, 1, 4, 1, 1))
+    with pytest.raises(ProtocolError, match="unsupported protocol version"):
+        decode_request(struct.pack("<BBQiii", PROTOCOL_VERSION + 1, 1, 1, 1, 1, 1))
+    with pytest.raises(ProtocolError, match="got a LaptopInfo"):
+        decode_request(encode(LaptopInfo(1, 2, 3, 1, 1, 1)))
+    for frame in SAMPLE_FRAMES:
+        _agrees_with_decode(frame)
+
+
+@given(st.sampled_from(SAMPLE_FRAMES), st.data())
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+def test_fuzz_decode_request_agrees_with_decode(frame, data):
+    mutated = bytearray(frame)
+    pos = data.draw(st.integers(0, len(mutated) - 1))
+    mutated[pos] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        del mutated[data.draw(st.integers(0, len(mutated))):]
+    _agrees_with_decode(bytes(mutated))
 
 
 # --------------------------------------------------------------------------- JSON
