@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import zmq
 
-from node.replica import PING_TIMEOUT_HEARTBEATS, Replica, ReplicaSettings
+from node.replica import PING_TIMEOUT_HEARTBEATS, Replica, ReplicaSettings, Role
 from node.storage import Storage
 from protocol import codec
 from protocol.codec import ProtocolError
@@ -136,20 +136,22 @@ class NodeServer:
     def run(self) -> None:
         # Each socket in a poll costs system calls on every turn (libzmq checks every socket's
         # command mailbox before and after it blocks), so a turn polls only what traffic needs:
-        # replication and clients, plus the view service while a ping awaits its answer.  The
-        # control socket is asked once a tick: a command waits at most one tick period.
-        busy = zmq.Poller()
-        for sock in (self.repl_sock, self.client_sock):
-            busy.register(sock, zmq.POLLIN)
-        pinging = self._poller_with_vs()
+        # replication, clients while primary, and the view service while a ping awaits its
+        # answer.  The control socket is asked once a tick (a command waits at most one tick
+        # period), and so is a non-primary's client socket: a client that finds a backup gets
+        # its redirect within a tick, and a backup's turns poll what a relay backup polls.
+        pollers: dict[tuple[bool, bool], zmq.Poller] = {}
+        polled_vs = self.vs_sock
         next_tick = 0.0
         while not self.stopping:
-            if self.ping_sent_at is None:
-                poller = busy
-            else:
-                if self.vs_sock not in pinging:  # reopened since
-                    pinging = self._poller_with_vs()
-                poller = pinging
+            primary = self.core.role is Role.PRIMARY
+            pinging = self.ping_sent_at is not None
+            if self.vs_sock is not polled_vs:  # reopened since
+                pollers.clear()
+                polled_vs = self.vs_sock
+            poller = pollers.get((primary, pinging))
+            if poller is None:
+                poller = pollers[primary, pinging] = self._poller(primary, pinging)
             wait = max(0.0, min(next_tick, self.next_ping) - time.monotonic())
             # pyzmq truncates a float timeout to whole milliseconds: rounding down would turn
             # the last millisecond before every tick into a busy spin of poll(0).
@@ -164,15 +166,18 @@ class NodeServer:
             if now >= next_tick:
                 if has_message(self.control_sock):
                     self._handle_control()
+                if not primary and has_message(self.client_sock):
+                    self._drain_clients(now)
                 self.core.on_tick(now)
                 next_tick = now + self.tick_period
             self._ping(now)
             self._flush(now)
 
-    def _poller_with_vs(self) -> zmq.Poller:
+    def _poller(self, primary: bool, pinging: bool) -> zmq.Poller:
         poller = zmq.Poller()
-        for sock in (self.repl_sock, self.client_sock, self.vs_sock):
-            poller.register(sock, zmq.POLLIN)
+        for sock in (self.repl_sock, self.client_sock if primary else None, self.vs_sock if pinging else None):
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
         return poller
 
     def _drain_clients(self, now: float) -> None:
