@@ -74,6 +74,11 @@ def section_machine() -> list[str]:
             ]
             if timings:
                 lines.append(f"Suite wall time: {timings['total_s']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings['experiments_s'].items())}).")
+                stolen = timings.get("steal_percent")
+                if stolen:
+                    parts = ", ".join(f"{k} {v:.0f} %" for k, v in stolen.items() if k != "total")
+                    lines.append(f"CPU time stolen by the hypervisor (other guests) during the run: {stolen.get('total', 0):.0f} % "
+                                 f"({parts}); figures from a run with more are noisier.")
             return lines + [""]
     return []
 

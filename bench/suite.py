@@ -32,6 +32,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (sets up sys.path for the project packages)
+import psutil  # noqa: E402
 from common import Cluster, CpuMeter, log, ratio, rss_bytes, stats, write_result  # noqa: E402
 from driver import closed_loop, engine_closed_loop, open_loop  # noqa: E402
 from relay import Relay  # noqa: E402
@@ -709,6 +710,16 @@ RUNNERS = {
 }
 
 
+def steal_percent(before: Any, after: Any) -> float:
+    """Share of the machine's CPU time the hypervisor gave to other guests between two
+    `psutil.cpu_times()` readings (the "st" of vmstat).  On this shared VM it ran from ~0 to
+    over 30 % within one session, and every figure here moves with it: it is recorded so a
+    run can be read against how disturbed it was."""
+    fields = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    total = sum(getattr(after, f, 0.0) - getattr(before, f, 0.0) for f in fields)
+    return round(100.0 * (getattr(after, "steal", 0.0) - getattr(before, "steal", 0.0)) / total, 1) if total > 0 else 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(EXPERIMENTS), help=f"comma-separated subset of {','.join(EXPERIMENTS)}")
@@ -741,11 +752,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown experiment(s) {unknown}; choose from {', '.join(EXPERIMENTS)}")
     started = time.monotonic()
+    suite_cpu = psutil.cpu_times()
     timings = {}
+    stolen = {}
     failed = []
     budget = 0.0 if args.long else args.budget
     for name in chosen:
         t0 = time.monotonic()
+        cpu0 = psutil.cpu_times()
         if name == "memory" and budget:
             left = budget - (t0 - started) - 25.0  # cluster start/stop and the final settle
             s.memory_max_seconds = max(45.0, left)
@@ -759,7 +773,8 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             log(f"=== {name} FAILED: {exc!r}")
         timings[name] = round(time.monotonic() - t0, 1)
-        log(f"=== {name} took {timings[name]} s")
+        stolen[name] = steal_percent(cpu0, psutil.cpu_times())
+        log(f"=== {name} took {timings[name]} s ({stolen[name]} % of the CPU time stolen by the hypervisor)")
         if not args.no_plots and name not in failed:
             try:
                 import plots
@@ -768,10 +783,12 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 log(f"plot {name} failed: {exc!r}")
     total = round(time.monotonic() - started, 1)
-    log(f"suite took {total} s: {timings}")
+    stolen["total"] = steal_percent(suite_cpu, psutil.cpu_times())
+    log(f"suite took {total} s: {timings}; CPU time stolen by the hypervisor, %: {stolen}")
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     (common.RESULTS / "suite_timings.json").write_text(json.dumps({"total_s": total, "experiments_s": timings,
-                                                                   "failed": failed, "settings": asdict(s)}, indent=2) + "\n")
+                                                                   "steal_percent": stolen, "failed": failed,
+                                                                   "settings": asdict(s)}, indent=2) + "\n")
     return 1 if failed else 0
 
 

@@ -43,3 +43,18 @@ def test_in_process_bench_runs_and_writes_its_json(tmp_path: Path, script: str, 
         assert doc[key], f"{script} wrote an empty {key!r}"
     if script == "instructions.py":
         assert doc["instructions"]["."]["core_per_order"] > 0
+
+
+def test_steal_percent_is_the_stolen_share_of_all_cpu_time() -> None:
+    """The suite records how much CPU the hypervisor gave to other guests during each
+    experiment; the share is of every kind of CPU time, idle included."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import suite  # noqa: PLC0415
+
+    from collections import namedtuple  # noqa: PLC0415
+
+    times = namedtuple("times", "user nice system idle iowait irq softirq steal guest")
+    before = times(10, 0, 5, 80, 0, 0, 0, 5, 3)
+    after = times(40, 0, 15, 110, 0, 0, 0, 35, 9)  # +30 user, +10 system, +30 idle, +30 stolen
+    assert suite.steal_percent(before, after) == 30.0
+    assert suite.steal_percent(after, after) == 0.0
