@@ -61,6 +61,11 @@ def plot_limit(d: dict) -> plt.Figure:
     sts_tp = [d["relay"]["100"]["throughput"], d["cluster"]["100"]["throughput"]]
     sts_p50 = [d["relay"]["1"]["p50_us"], d["cluster"]["1"]["p50_us"]]
     colors = ["tab:gray", "tab:blue"]
+    if "cluster_memory" in d:
+        labels.append("lfctl 3 nodes\nno WAL (memory)")
+        sts_tp.append(d["cluster_memory"]["100"]["throughput"])
+        sts_p50.append(d["cluster_memory"]["1"]["p50_us"])
+        colors.append("tab:cyan")
     if peer:
         for cname, res in peer["pysyncobj"].items():
             labels.append(f"PySyncObj\n{cname}")

@@ -500,19 +500,32 @@ class Replica:
             # Until the view service has answered us we might not know any view at all (wiped);
             # adopting one from an append could let a deposed primary count us in its old view.
             return
-        if msg.view.number < self.view.number:
-            self._send_reply(msg.sender, False, self.log.last_index + 1)  # fencing: tell it is stale
-            return
-        if self._is_newer(msg.view):
-            self._adopt_view(msg.view, now)
+        view = msg.view
+        if view is not self.view:  # the codec hands out one View object per view: usually the same
+            if view.number < self.view.number:
+                self._send_reply(msg.sender, False, self.log.last_index + 1)  # fencing: tell it is stale
+                return
+            if self._is_newer(view):
+                self._adopt_view(view, now)
         if msg.sender != self.view.primary or msg.sender == self.id:
             return
         log_ = self.log
         prev = msg.prev_index
         block = msg.entries  # packed (protocol/entries.py): kept as it came, written as it came
         count = len(block) // ENTRY_SIZE
-        if prev > log_.last_index:
-            self._send_reply(msg.sender, False, log_.last_index + 1)
+        last = log_.last_index
+        if prev == last and log_.last_view == msg.prev_view:
+            # In step, the usual case: the block goes right after our last entry.
+            if count:
+                log_.extend(block)
+                if self._unpersisted_from > prev + 1:
+                    self._unpersisted_from = prev + 1
+            matched = prev + count
+            self._learn_commit(min(msg.commit_index, matched))
+            self._send_reply(msg.sender, True, matched)
+            return
+        if prev > last:
+            self._send_reply(msg.sender, False, last + 1)
             return
         if prev < log_.base_index:
             # The part behind our snapshot is committed and identical: skip it.
@@ -533,7 +546,6 @@ class Replica:
             self._send_reply(msg.sender, False, keep + 1)
             return
         entry_view = VIEW.unpack_from
-        last = log_.last_index
         for k in range(count):
             index = prev + k + 1
             if index <= last:

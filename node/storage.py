@@ -585,6 +585,8 @@ class Storage:
             self.load()
         if self._broken:
             raise OSError(errno.EIO, f"{self.name}: storage unusable after an earlier failure: {self._broken}")
+        if len(records) == 1 and self._installing is None and self._append_at_end(records[0]):
+            return
         # Validate and encode everything against a scratch copy of the tracked state, so a
         # bad record leaves both the file and the tracked state untouched.
         snap, last, commit, view = self._snap_index, self._last_index, self._commit, self._view
@@ -631,6 +633,23 @@ class Storage:
             if snapshot is not None:
                 self._installing = _SnapshotInstall(snapshot, parts[snapshot_from:], self._snap_path)
         self._snap_index, self._last_index, self._commit, self._view = snap, last, commit, view
+
+    def _append_at_end(self, r: object) -> bool:
+        """The turn of a loaded node: entries right after the last one held, alone, no snapshot
+        being installed.  Framed here in one go, as `_encode_entries` would frame them; returns
+        False, having done nothing, for anything else (the general path then checks it)."""
+        if type(r) is not AppendEntries:
+            return False
+        block, first = r.entries, r.first_index
+        size = len(block) if type(block) is bytes else 0
+        if not size or size % ENTRY_SIZE or size > _MAX_ENTRIES_PER_RECORD * ENTRY_SIZE or first != self._last_index + 1 or first <= self._snap_index:
+            return False
+        count = size // ENTRY_SIZE
+        head = _ENTRIES_HEAD.pack(REC_ENTRIES, first, count)
+        if self.policy != "memory":
+            self._append(b"".join((_REC_HEADER.pack(len(head) + size, zlib.crc32(block, zlib.crc32(head))), head, block)))
+        self._last_index = first + count - 1
+        return True
 
     def finish_snapshot(self) -> None:
         """Wait for a snapshot being written and put the new snapshot + WAL pair in place (the

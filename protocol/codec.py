@@ -41,6 +41,7 @@ from functools import lru_cache
 from itertools import starmap
 from typing import Any, Callable
 
+from protocol.entries import ENTRY_SIZE
 from protocol.entries import count as entry_count
 from protocol.messages import (
     INT32_MAX,
@@ -280,15 +281,30 @@ def _enc_error_reply(m: ErrorReply) -> bytes:
     return _ERROR_REPLY.pack(_V, 5, m.req_id, m.code, hint, len(text)) + text
 
 
+# The view of the last Append encoded and its wire fields: a primary sends every append of a view
+# with the same View object, so its backups mask is computed once per view, not per append.  Only
+# a frozenset of backups is remembered: a View built by hand with a plain set could change.
+_last_view: list[Any] = [None, (0, 0, 0)]
+
+
 def _enc_append(m: Append) -> bytes:
-    number, primary, mask = _view_fields(m.view, "Append.view")
+    view = m.view
+    if view is _last_view[0]:
+        number, primary, mask = _last_view[1]
+    else:
+        number, primary, mask = fields = _view_fields(view, "Append.view")
+        if type(view.backups) is frozenset:
+            _last_view[:] = (view, fields)
     entries = m.entries
-    try:
-        count = entry_count(entries, "Append.entries")
-    except ValueError as exc:
-        raise ProtocolError(str(exc)) from None
-    if type(entries) is not bytes:
-        entries = bytes(memoryview(entries).cast("B"))
+    if type(entries) is bytes and not len(entries) % ENTRY_SIZE:
+        count = len(entries) // ENTRY_SIZE
+    else:
+        try:
+            count = entry_count(entries, "Append.entries")
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        if type(entries) is not bytes:
+            entries = bytes(memoryview(entries).cast("B"))
     head = _APPEND.pack(
         _V,
         10,
@@ -590,14 +606,18 @@ def _dec_append(data: _Buf, n: int) -> Append:
         entries = b""
     if not 1 <= sender <= MAX_NODE_ID:
         raise _node_error(sender, 1, "Append.sender")
-    return Append(
-        _make_view(number, primary, mask, "Append.view"),
-        sender,
-        prev_index,
-        prev_view,
-        commit_index,
-        entries,
-    )
+    last = _last_decoded_view
+    if number == last[0] and primary == last[1] and mask == last[2]:
+        view = last[3]  # the view of the previous Append: every append of a view carries it
+    else:
+        view = _make_view(number, primary, mask, "Append.view")
+        _last_decoded_view[:] = (number, primary, mask, view)
+    return Append(view, sender, prev_index, prev_view, commit_index, entries)
+
+
+# (number, primary, backups mask, View) of the last Append decoded: `_make_view`'s cache, without
+# building and hashing its key for every append.
+_last_decoded_view: list[Any] = [-1, -1, -1, None]
 
 
 def _dec_append_reply(data: _Buf, n: int) -> AppendReply:

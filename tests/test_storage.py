@@ -68,6 +68,32 @@ def test_fresh_directory_is_created_and_reported_fresh(tmp_path: Path) -> None:
     assert not rec.fresh  # an empty but valid WAL: nothing was lost
 
 
+def test_entries_at_the_end_are_framed_as_every_record_is(tmp_path: Path) -> None:
+    """A loaded node's turn (entries right after the last, alone) takes a shorter path through
+    `write`; it must put the very bytes of the general path in the file, and leave anything
+    else -- a gap, an overwrite, an empty block -- to the general path's checks."""
+    s, _ = reopen(tmp_path)
+    s.write([AppendEntries(1, entries(1, 3))])  # the short path
+    s.write([AppendEntries(4, entries(4, 2)), CommitMark(4)])  # the general path
+    s.write([AppendEntries(6, entries(6, 1))])
+    with pytest.raises(ValueError, match="gap"):
+        s.write([AppendEntries(9, entries(9, 1))])
+    s.write([AppendEntries(7, b"")])  # nothing to frame: the general path writes an empty record
+    s.write([AppendEntries(5, entries(5, 2, view=2))])  # an overwrite from index 5 on
+    s.close()
+    raw = (tmp_path / WAL_NAME).read_bytes()[WAL_HEADER_SIZE:]
+    expected = b"".join((
+        record_bytes(entries_payload(1, entries(1, 3))),
+        record_bytes(entries_payload(4, entries(4, 2))), record_bytes(struct.pack("<BQ", 3, 4)),  # a commit mark
+        record_bytes(entries_payload(6, entries(6, 1))),
+        record_bytes(entries_payload(7, b"")),
+        record_bytes(entries_payload(5, entries(5, 2, view=2))),
+    ))
+    assert raw == expected
+    _, rec = reopen(tmp_path)
+    assert rec.entries == entries(1, 4) + entries(5, 2, view=2) and rec.commit_index == 4
+
+
 def test_round_trip_appends_truncates_marks(tmp_path: Path) -> None:
     s, _ = reopen(tmp_path)
     s.write([ViewMark(1), AppendEntries(1, entries(1, 5)), CommitMark(3)])
