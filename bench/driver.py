@@ -229,6 +229,8 @@ def closed_loop(endpoint: Endpoints, customers: int, duration: float, *, warmup:
     window_done = 0
     resends = 0
     stale = 0
+    wakes = 0  # polls that found a reply: replies per wake-up is how the client's cost scales
+    received = 0
 
     def issue(c: int, now: int) -> bool:
         nonlocal outstanding
@@ -274,7 +276,9 @@ def closed_loop(endpoint: Endpoints, customers: int, duration: float, *, warmup:
         ready = conn.poll(20)
         if not ready:
             continue
+        wakes += 1
         for data in conn.recv_from(ready, polled=True):
+            received += 1
             _v, kind, rid = unpack_hdr(data)
             c = rid & ID_MASK
             if c >= n or not live[c] or seq[c] != rid >> ID_BITS:
@@ -325,6 +329,7 @@ def closed_loop(endpoint: Endpoints, customers: int, duration: float, *, warmup:
         "resends": resends,
         "stale_replies": stale,
         "completed_total": completed,
+        "replies_per_wake": round(received / wakes, 2) if wakes else 0.0,
     }
 
 

@@ -120,6 +120,12 @@ def section_limit() -> list[str]:
         f"- CPU per write, all server processes together (100 customers): relay {mmm(r['server_cpu_us_per_write_100']['relay'], ' µs')}, "
         f"lfctl {mmm(r['server_cpu_us_per_write_100']['cluster'], ' µs')}: **lfctl / relay = {r['server_cpu_per_write_cluster_over_relay']}** "
         f"(the figure least disturbed by neighbours; throughput follows the loaded round trip, see 'What limits').",
+    ]
+    wake = r.get("client_replies_per_wake_100")
+    if wake:
+        out.append(f"- replies the lean client read per wake-up at 100 customers: relay {mmm(wake['relay'], digits=1)}, "
+                   f"lfctl {mmm(wake['cluster'], digits=1)} (fewer per wake-up, more wake-ups and client CPU per order).")
+    out += [
         f"- with the project's own client (`loadgen.client.ClientEngine`) instead of the lean driver: "
         f"lfctl / relay = {r['throughput_100_loadgen_cluster_over_relay']} at 100 customers.",
         "",

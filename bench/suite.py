@@ -271,6 +271,9 @@ def exp_limit(s: Settings) -> None:
             # process, sets the throughput, and it is far less sensitive to noisy neighbours
             "server_cpu_us_per_write_100": {"relay": server_cpu(R[100]), "cluster": server_cpu(C[100])},
             "server_cpu_per_write_cluster_over_relay": ratio(server_cpu(C[100]), server_cpu(R[100])),
+            # the lean client's replies per wake-up: fewer means more wake-ups, and more client CPU, per order
+            "client_replies_per_wake_100": {name: stats([r.get("replies_per_wake", 0.0) for r in runs[name][100]])
+                                            for name in ("relay", "cluster", "cluster_memory")},
         },
         "targets": {"throughput_100_ratio_min": 0.9, "p50_1_ratio_max": 1.2},
         "raw_runs": {name: {str(c): v for c, v in by_c.items()} for name, by_c in runs.items() if name in ("relay", "cluster", "cluster_memory")},
