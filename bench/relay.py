@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script by the suite
     sys.path.insert(0, str(ROOT))
 
-from protocol.zmq_calls import NOBLOCK, has_message, send_routed  # noqa: E402
+from protocol.zmq_calls import NOBLOCK, has_message, recv_pending, send_routed  # noqa: E402
 
 REQ = struct.Struct("<BBQiii")  # the codec's ClientRequest
 INFO = struct.Struct("<BBQiiiii")  # the codec's LaptopInfo
@@ -86,17 +86,10 @@ def run_primary(node_id: int, host: str, client_port: int, ack_port: int, backup
     pack_seq = SEQ.pack
     unpack_ack = ACK.unpack
     recv_client = clients.recv
-    recv_ack = acks.recv
     while not _stop:
         ready = dict(poller.poll(100))
         if acks in ready:
-            for i in range(DRAIN_LIMIT):  # the node's drain loop, as node/server.py inlines it
-                if i == 1 and not has_message(acks):
-                    break
-                try:
-                    data = recv_ack(NOBLOCK)
-                except zmq.Again:
-                    break
+            for data in recv_pending(acks, DRAIN_LIMIT):  # the node's drain, as node/server.py reads acks
                 b, s = unpack_ack(data)
                 if s > acked[b]:
                     acked[b] = s
@@ -154,18 +147,11 @@ def run_backup(index: int, host: str, port: int, ack_port: int) -> None:
     push.connect(f"tcp://{host}:{ack_port}")
     unpack_seq = SEQ.unpack_from
     pack_ack = ACK.pack
-    recv = pull.recv
     while not _stop:
         if not pull.poll(100):
             continue
         last = 0
-        for i in range(DRAIN_LIMIT):
-            if i == 1 and not has_message(pull):
-                break
-            try:
-                data = recv(NOBLOCK)
-            except zmq.Again:
-                break
+        for data in recv_pending(pull, DRAIN_LIMIT):
             last = unpack_seq(data)[0]
         if last:
             push.send(pack_ack(index, last))

@@ -30,7 +30,7 @@ from protocol import codec
 from protocol.codec import ProtocolError
 from protocol.config import ClusterConfig, ConfigError, load_config
 from protocol.messages import ErrorCode, ErrorReply, Message, ViewReply
-from protocol.zmq_calls import NOBLOCK, RCVMORE, has_message, send_routed
+from protocol.zmq_calls import NOBLOCK, RCVMORE, has_message, recv_pending, send_routed
 
 log = logging.getLogger("node")
 
@@ -221,21 +221,10 @@ class NodeServer:
         self._bad_frame("client", f"{frames} frames without the REQ envelope")
 
     def _drain_replication(self, now: float) -> None:
-        """Up to DRAIN_LIMIT single-frame messages; after the first, EVENTS is asked rather than
-        a `recv` that raises `zmq.Again`.  A plain loop, not a generator: a backup's critical path
-        runs through here, and a generator cost a resumption per message."""
         core = self.core
-        sock = self.repl_sock
-        recv = sock.recv
         decode = codec.decode
         blocked = self.blocked
-        for i in range(DRAIN_LIMIT):
-            if i == 1 and not has_message(sock):
-                return
-            try:
-                data = recv(NOBLOCK)
-            except zmq.Again:
-                return
+        for data in recv_pending(self.repl_sock, DRAIN_LIMIT):
             try:
                 msg = decode(data)
             except ProtocolError as exc:
