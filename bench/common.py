@@ -16,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -191,6 +192,7 @@ class Cluster:
         self.data_dir = self._tmp / "data"
         self.config_file = write_config(self._tmp / "cluster.toml", durability=durability)
         self.pids: set[int] = set()
+        self._paused: list[int] = []
         self.up = False
         last = ""
         for _attempt in range(3):
@@ -289,6 +291,22 @@ class Cluster:
                 out.append(m.group(0))
         return out[-10:]
 
+    # -- pausing (see `others_paused`)
+
+    def pause(self) -> None:
+        """SIGSTOP the supervisor and every node at once.  On resume the supervisor sees its own
+        stall and does not count it as the nodes' silence (ViewService.on_stall), so the view
+        survives; the point measured next waits for the cluster to be in sync anyway."""
+        s = self.status()
+        self._paused = [s["supervisor"]["pid"], *(n["pid"] for n in s["nodes"] if n.get("pid"))]
+        for pid in self._paused:
+            procs.send_signal(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._paused:
+            procs.send_signal(pid, signal.SIGCONT)
+        self._paused = []
+
     # -- teardown
 
     def _record_pids(self) -> None:
@@ -301,6 +319,7 @@ class Cluster:
                 self.pids.add(p)
 
     def close(self) -> None:
+        self.resume()
         self._record_pids()
         if self.data_dir.exists():
             try:
@@ -350,9 +369,18 @@ class Children:
         self.procs.append(p)
         return p
 
+    def pause(self) -> None:
+        for p in self.procs:
+            procs.send_signal(p.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for p in self.procs:
+            procs.send_signal(p.pid, signal.SIGCONT)
+
     def stop(self, grace: float = 3.0) -> None:
         for p in self.procs:
             if p.poll() is None:
+                p.send_signal(signal.SIGCONT)  # a paused child would hold the SIGTERM until resumed
                 p.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
         for p in self.procs:
@@ -368,6 +396,27 @@ class Children:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextmanager
+def others_paused(target: object, everyone: Iterable[Any]) -> Iterator[None]:
+    """Measure `target` with every other target of the experiment stopped (SIGSTOP).
+
+    Targets measured in rotation are all up at once, and an idle lfctl cluster is not idle: its
+    nodes tick every 10 ms and heartbeat, its supervisor answers pings, ~11 % of a core per
+    3-node cluster, where an idle relay wakes 10 times a second.  On 2 cores that slowed the
+    relay by 13 % in throughput and 15 % in unloaded p50 while two idle clusters stood by
+    (docs/performance.md, "How it measures"), which flattered every ratio to the relay."""
+    others = [t for t in everyone if t is not target]
+    paused = []
+    try:
+        for t in others:
+            t.pause()
+            paused.append(t)
+        yield
+    finally:
+        for t in paused:
+            t.resume()
 
 
 def rss_bytes(pids: Iterable[int]) -> dict[int, int]:

@@ -199,6 +199,12 @@ class Relay:
     def client_nodes(self) -> list[tuple[int, str]]:
         return [(1, self.endpoint)]
 
+    def pause(self) -> None:
+        self.children.pause()
+
+    def resume(self) -> None:
+        self.children.resume()
+
     def close(self) -> None:
         self.children.stop()
 

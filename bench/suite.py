@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (sets up sys.path for the project packages)
 import psutil  # noqa: E402
-from common import Cluster, CpuMeter, log, ratio, rss_bytes, stats, write_result  # noqa: E402
+from common import Cluster, CpuMeter, log, others_paused, ratio, rss_bytes, stats, write_result  # noqa: E402
 from driver import closed_loop, engine_closed_loop, open_loop  # noqa: E402
 from relay import Relay  # noqa: E402
 
@@ -227,12 +227,14 @@ def exp_limit(s: Settings) -> None:
                 order = [("relay", relay, rp), ("cluster", cl, cp), ("cluster_memory", mem, mp)]
                 k = rep % len(order)
                 for name, target, pids in order[k:] + order[:k]:
-                    r = lean_point(target, pids, customers, s.limit_duration, 0.3)
+                    with others_paused(target, (relay, cl, mem)):
+                        r = lean_point(target, pids, customers, s.limit_duration, 0.3)
                     runs[name][customers].append(r)
                     log(f"limit r{rep} {name:14} lean {customers:>4} customers: {brief(r)}")
         for rep in range(s.repeats):
             for name, target, pids in (("relay", relay, rp), ("cluster", cl, cp)):
-                r = engine_point(target, pids, 100, s.duration, s.warmup)
+                with others_paused(target, (relay, cl, mem)):
+                    r = engine_point(target, pids, 100, s.duration, s.warmup)
                 runs[f"{name}_loadgen"][100].append(r)
                 log(f"limit r{rep} {name:8} loadgen  100 customers: {brief(r)}")
     # The peer, right after, in the same run (its idle tick threads would disturb the above).
@@ -320,7 +322,8 @@ def exp_nodes(s: Settings) -> None:
                     for name, target, pids in (("relay", relay, rp), ("cluster", cl, cp)):
                         if name == "relay" and customers == 100 and not s.long:
                             continue  # the relay's throughput: experiment limit (3 nodes); --long sweeps it
-                        r = lean_point(target, pids, customers, s.nodes_duration, s.nodes_warmup)
+                        with others_paused(target, (relay, cl)):
+                            r = lean_point(target, pids, customers, s.nodes_duration, s.nodes_warmup)
                         runs[name][n][customers].append(r)
                         log(f"nodes n={n} r{rep} {name:8} {customers:>4} customers: {brief(r)}")
     summary = {name: {str(n): {str(c): agg(v) for c, v in by_c.items()} for n, by_c in by_n.items()}
@@ -365,7 +368,8 @@ def nodes_paired(s: Settings) -> dict:
         for rep in range(s.nodes_pairs):
             k = rep % len(targets)
             for name, target, pids in targets[k:] + targets[:k]:
-                r = lean_point(target, pids, 1, s.nodes_duration, s.nodes_warmup)
+                with others_paused(target, (c2, c5, r2, r5)):
+                    r = lean_point(target, pids, 1, s.nodes_duration, s.nodes_warmup)
                 points[name].append(r)
                 log(f"nodes paired r{rep} {name:9} 1 customer: {brief(r)}")
     summary = {name: agg(v) for name, v in points.items()}
@@ -483,7 +487,8 @@ def exp_durability(s: Settings) -> None:
         for rep in range(s.repeats):
             for customers in (100, 1):
                 for p in policies:
-                    r = lean_point(clusters[p], pids[p], customers, s.durability_duration, s.warmup)
+                    with others_paused(clusters[p], clusters.values()):
+                        r = lean_point(clusters[p], pids[p], customers, s.durability_duration, s.warmup)
                     runs[p][customers].append(r)
                     log(f"durability r{rep} {p:6} {customers:>4} customers: {brief(r)}")
     finally:

@@ -709,6 +709,17 @@ class Supervisor:
             if self.core_failures <= 10 or self.core_failures % 1000 == 0:
                 log.exception("view service: %s failed (%d failures so far)", method, self.core_failures)
 
+    def check_stall(self, since_last_turn: float, now: float) -> None:
+        """A loop turn normally follows the last within POLL_MS plus the turn's own work.  A
+        gap of half a failure timeout means this process did not run (SIGSTOP, a starved CPU,
+        a suspended VM): the view service is told before it reads a ping or ticks, so the gap
+        is not taken for the nodes' silence (ViewService.on_stall)."""
+        assert self.vs is not None
+        gap = since_last_turn - POLL_MS / 1000
+        if gap > self.vs.failure_timeout / 2:
+            log.warning("supervisor did not run for %.0f ms (stopped or starved of CPU): not counted as the nodes' silence", gap * 1000)
+            self.guarded("on_stall", gap, now)
+
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
@@ -720,6 +731,7 @@ class Supervisor:
         poller.register(self.view_sock, zmq.POLLIN)
         poller.register(self.telemetry_sock, zmq.POLLIN)
         assert self.vs is not None
+        last_turn = time.monotonic()
         while self.stop_reason is None:
             try:
                 events = dict(poller.poll(POLL_MS))
@@ -728,6 +740,8 @@ class Supervisor:
                     raise
                 continue
             now = time.monotonic()
+            self.check_stall(now - last_turn, now)
+            last_turn = now
             if self.view_sock in events:
                 self.on_view_socket(now)
             if self.control in events:

@@ -124,6 +124,19 @@ class ViewService:
     def on_tick(self, now: float) -> None:
         self._reconfigure(now)
 
+    def on_stall(self, gap: float, now: float) -> None:
+        """The service itself could not run for `gap` seconds (its process was stopped, or
+        starved of CPU, or the machine was): it heard nothing in that time through no fault of
+        the nodes, so the time does not count against them.  Without this, the first tick after
+        the whole cluster was paused would find every node silent past the failure timeout and
+        declare them all dead before reading the pings queued for it.  It only ever makes the
+        service more lenient, which is safe: a primary is replaced only after a longer silence
+        (its lease has run out all the more), and a node that really died is still found, later
+        by the length of the stall."""
+        for seen in self.seen.values():
+            seen.last_seen = min(now, seen.last_seen + gap)
+        self.started_at = min(now, self.started_at + gap)
+
     # ------------------------------------------------------------------ queries
 
     def is_alive(self, node_id: int, now: float) -> bool:

@@ -8,12 +8,15 @@ node ends with the same digest.  Everything polls with deadlines; nothing sleeps
 from __future__ import annotations
 
 import json
+import signal
 import threading
+import time
 
 import pytest
 import zmq
 
 from loadgen.load import run_load
+from orchestrator import procs
 from protocol import codec
 from protocol.messages import ClientRequest, ErrorReply, RequestType
 
@@ -157,6 +160,28 @@ def test_paused_primary_is_deposed_and_acknowledges_nothing_after_resume(cluster
     assert_converged(cluster)
     records = dumps(cluster, [cluster.status()["view"]["primary"]])
     assert all("999" not in d["records"] for d in records.values()), "an order sent to the deposed primary took effect"
+
+
+def test_a_pause_of_the_whole_cluster_changes_no_view(cluster: ClusterHandle):
+    """The supervisor and every node stopped at once for three failure timeouts (as the
+    benchmark pauses the clusters it is not measuring): on resume the supervisor knows the
+    silence was its own, so the view stays and the cluster takes orders again."""
+    before = cluster.wait_in_sync()
+    status = cluster.status()
+    pids = [status["supervisor"]["pid"], *(n["pid"] for n in status["nodes"])]
+    for pid in pids:
+        procs.send_signal(pid, signal.SIGSTOP)
+    try:
+        time.sleep(3 * cluster.config.replication.failure_timeout_ms / 1000)  # the pause is the stimulus
+    finally:
+        for pid in pids:
+            procs.send_signal(pid, signal.SIGCONT)
+    primary = before["view"]["primary"]
+    reply = _one_attempt(cluster.config.node(primary).client_endpoint, ClientRequest(7, RequestType.ORDER, 5, 1), 5.0)
+    assert reply is not None and not isinstance(reply, ErrorReply), f"the order after the pause got {reply}"
+    cluster.wait_in_sync(10)
+    assert cluster.status()["view"]["number"] == before["view"]["number"], "the pause was taken for failures"
+    assert "did not run for" in (cluster.data_dir / "supervisor.log").read_text()
 
 
 @pytest.mark.parametrize("wipe", [False, True], ids=["keep-data", "wipe"])

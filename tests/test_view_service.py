@@ -142,3 +142,36 @@ def test_unknown_node_gets_the_view_but_changes_nothing():
     vs = started()
     reply = vs.on_ping(ping(9), 0.1)
     assert reply.view == vs.view and vs.view.number == 1
+
+
+def test_a_stall_of_the_service_itself_is_not_counted_against_the_nodes():
+    """The whole cluster paused (or the supervisor starved) for 2 s: every node is silent past
+    the failure timeout, but so was the service; told of its stall, it keeps the view, and it
+    still drops a node that stays silent once it runs again."""
+    silent_for_long = started()
+    for t in (0.2, 0.4):
+        for n in (1, 2, 3):
+            silent_for_long.on_ping(ping(n, view=1), t)
+    stalled = started()
+    for t in (0.2, 0.4):
+        for n in (1, 2, 3):
+            stalled.on_ping(ping(n, view=1), t)
+    silent_for_long.on_tick(2.45)
+    assert silent_for_long.view.number > 1, "without the stall event the silence is taken for failures"
+    stalled.on_stall(2.0, 2.45)
+    stalled.on_tick(2.45)
+    assert stalled.view == View(1, 1, frozenset({2, 3}))
+    for n in (1, 2):  # node 3 does not come back
+        stalled.on_ping(ping(n, view=1), 2.5)
+    stalled.on_tick(2.4 + FT - 0.01)
+    assert stalled.view.number == 1
+    stalled.on_tick(2.4 + FT + 0.01)
+    assert stalled.view == View(2, 1, frozenset({2}))
+
+
+def test_a_stall_never_moves_a_node_s_last_contact_into_the_future():
+    vs = started()
+    vs.on_ping(ping(2, view=1), 0.3)
+    vs.on_stall(5.0, 1.0)  # a gap longer than the time since the last ping
+    assert vs.last_seen[2] == 1.0
+    assert vs.started_at == 1.0
