@@ -167,8 +167,7 @@ def test_a_pause_of_the_whole_cluster_changes_no_view(cluster: ClusterHandle):
     benchmark pauses the clusters it is not measuring): on resume the supervisor knows the
     silence was its own, so the view stays and the cluster takes orders again."""
     before = cluster.wait_in_sync()
-    status = cluster.status()
-    pids = [status["supervisor"]["pid"], *(n["pid"] for n in status["nodes"])]
+    pids = [before["supervisor"]["pid"], *(n["pid"] for n in before["nodes"])]
     for pid in pids:
         procs.send_signal(pid, signal.SIGSTOP)
     try:

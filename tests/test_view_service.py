@@ -148,16 +148,17 @@ def test_a_stall_of_the_service_itself_is_not_counted_against_the_nodes():
     """The whole cluster paused (or the supervisor starved) for 2 s: every node is silent past
     the failure timeout, but so was the service; told of its stall, it keeps the view, and it
     still drops a node that stays silent once it runs again."""
-    silent_for_long = started()
-    for t in (0.2, 0.4):
-        for n in (1, 2, 3):
-            silent_for_long.on_ping(ping(n, view=1), t)
-    stalled = started()
-    for t in (0.2, 0.4):
-        for n in (1, 2, 3):
-            stalled.on_ping(ping(n, view=1), t)
-    silent_for_long.on_tick(2.45)
-    assert silent_for_long.view.number > 1, "without the stall event the silence is taken for failures"
+
+    def heard_until_0_4() -> ViewService:
+        vs = started()
+        for t in (0.2, 0.4):
+            for n in (1, 2, 3):
+                vs.on_ping(ping(n, view=1), t)
+        return vs
+
+    untold, stalled = heard_until_0_4(), heard_until_0_4()
+    untold.on_tick(2.45)
+    assert untold.view.number > 1, "without the stall event the silence is taken for failures"
     stalled.on_stall(2.0, 2.45)
     stalled.on_tick(2.45)
     assert stalled.view == View(1, 1, frozenset({2, 3}))
