@@ -237,6 +237,32 @@ def plot_profile(d: dict) -> plt.Figure:
     return fig
 
 
+def plot_path(d: dict) -> plt.Figure:
+    import critical_path
+
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:gray"]
+    names = ["lfctl", "relay"]
+    for row, name in enumerate(names):
+        left = 0.0
+        for seg, color in zip(critical_path.SEGMENTS, colors):
+            width = d[name]["us"][seg]["median"]
+            ax.barh(row, width, left=left, color=color, label=seg.replace("_", " ") if row == 0 else None)
+            if width > 25:
+                ax.annotate(f"{width:.0f}", (left + width / 2, row), ha="center", va="center", fontsize=8, color="white")
+            left += width
+        total = d[name]["us"]["total"]["median"]
+        ax.annotate(f"p50 {total:.0f} µs", (left, row), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_xlim(0, max(d[n]["us"]["total"]["median"] for n in names) * 1.15)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(["lfctl 3 nodes", "bare relay"])
+    ax.set_xlabel("µs (median of each segment over the writes; the segments of one write add up to its latency)")
+    ax.legend(fontsize=8, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    st = d["settings"]
+    fig.suptitle(f"Where an unloaded write waits: {st['nodes']} nodes, 1 customer, {st['writes']} writes x {st['rounds']} rounds")
+    return fig
+
+
 PLOTS = {
     "limit": plot_limit,
     "peer": plot_peer,
@@ -246,6 +272,7 @@ PLOTS = {
     "failover": plot_failover,
     "memory": plot_memory,
     "profile": plot_profile,
+    "path": plot_path,
 }
 
 

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script by the suite
     sys.path.insert(0, str(ROOT))
 
+from protocol.tracepoints import TRACING, mark  # noqa: E402
 from protocol.zmq_calls import NOBLOCK, has_message, recv_pending, send_routed  # noqa: E402
 
 REQ = struct.Struct("<BBQiii")  # the codec's ClientRequest
@@ -89,11 +90,15 @@ def run_primary(node_id: int, host: str, client_port: int, ack_port: int, backup
     while not _stop:
         ready = dict(poller.poll(100))
         if acks in ready:
+            if TRACING:
+                mark("peers")
             for data in recv_pending(acks, DRAIN_LIMIT):  # the node's drain, as node/server.py reads acks
                 b, s = unpack_ack(data)
                 if s > acked[b]:
                     acked[b] = s
         if clients in ready:
+            if TRACING:
+                mark("clients")
             entries = []
             replies = []
             for i in range(DRAIN_LIMIT):
@@ -119,17 +124,25 @@ def run_primary(node_id: int, host: str, client_port: int, ack_port: int, backup
                 if nb == 0:
                     for ident, reply in replies:
                         send_routed(clients, ident, reply)
+                    if TRACING:
+                        mark("replies_sent")
                 else:
                     seq += 1
                     batch = pack_seq(seq) + b"".join(entries)
                     for s in pushes:
                         s.send(batch)
+                    if TRACING:
+                        mark("appends_sent")
                     inflight.append((seq, replies))
         if inflight:
             committed = min(acked)
+            replied = False
             while inflight and inflight[0][0] <= committed:
                 for ident, reply in inflight.popleft()[1]:
                     send_routed(clients, ident, reply)
+                replied = True
+            if TRACING and replied:
+                mark("replies_sent")
     for s in (clients, acks, *pushes):
         s.close(linger=0)
     ctx.term()
@@ -150,11 +163,15 @@ def run_backup(index: int, host: str, port: int, ack_port: int) -> None:
     while not _stop:
         if not pull.poll(100):
             continue
+        if TRACING:
+            mark("peers")
         last = 0
         for data in recv_pending(pull, DRAIN_LIMIT):
             last = unpack_seq(data)[0]
         if last:
             push.send(pack_ack(index, last))
+            if TRACING:
+                mark("acks_sent")
     pull.close(linger=0)
     push.close(linger=0)
     ctx.term()

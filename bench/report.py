@@ -59,7 +59,7 @@ def table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def section_machine() -> list[str]:
-    for name in ("limit", "nodes", "saturation", "durability", "memory", "failover", "profile"):
+    for name in ("limit", "nodes", "saturation", "durability", "memory", "failover", "profile", "path"):
         d = load(name)
         if d:
             m = d["machine"]
@@ -287,6 +287,49 @@ def section_profile() -> list[str]:
     return out
 
 
+PATH_ROWS = (
+    ("to_primary", "client sent → primary's loop awake"),
+    ("request_turn", "primary: awake → appends sent"),
+    ("request_turn.core", "… drain, decode, the core, its flush"),
+    ("request_turn.send", "… encode and send the appends"),
+    ("first_backup_wake", "appends sent → first backup awake"),
+    ("last_backup_wake", "appends sent → last backup awake"),
+    ("backup_turn", "backup: awake → ack sent (mean of the backups)"),
+    ("backup_turn.core", "… drain, decode, the core, its flush"),
+    ("backup_turn.wal", "… the WAL write"),
+    ("backup_turn.send", "… encode and send the ack"),
+    ("replication", "appends sent → last ack sent"),
+    ("ack_to_primary", "last ack sent → primary's loop awake"),
+    ("commit_turn", "primary: awake → replies sent"),
+    ("commit_turn.core", "… drain, decode, the core's commit, apply and answer"),
+    ("commit_turn.send", "… encode and send the replies"),
+    ("to_client", "replies sent → client has the reply"),
+    ("total", "**the write, end to end**"),
+)
+SUMMED = ("to_primary", "request_turn", "replication", "ack_to_primary", "commit_turn", "to_client")
+
+
+def section_path() -> list[str]:
+    d = load("path")
+    if not d:
+        return []
+    st = d["settings"]
+    out = [f"### Where an unloaded write waits (`bench/critical_path.py`, {st['nodes']} nodes, 1 customer, "
+           f"{st['writes']:,} writes × {st['rounds']} rounds a target)", ""]
+    rows = []
+    for key, label in PATH_ROWS:
+        a, b = d["relay"]["us"].get(key), d["lfctl"]["us"].get(key)
+        diff = f"{b['median'] - a['median']:+.0f}" if a and b else "–"
+        name = f"**{label}**" if key in SUMMED else label
+        rows.append([name, mmm(a, digits=0) if a else "–", mmm(b, digits=0), diff])
+    out += table(["segment (µs, median over a round's writes; min–max over rounds)", "relay", "lfctl", "lfctl − relay"], rows)
+    matched = {n: f"{sum(d[n]['matched']):,} of {sum(d[n]['writes']):,}" for n in ("relay", "lfctl")}
+    out += [f"Bold rows add up to each write's latency. Writes with every step found in the traces: relay "
+            f"{matched['relay']}, lfctl {matched['lfctl']}. Primary loop wake-ups for acks per write: relay "
+            f"{d['relay']['us']['ack_turns']['median']:.1f}, lfctl {d['lfctl']['us']['ack_turns']['median']:.1f}.", ""]
+    return out
+
+
 def section_view_changes() -> list[str]:
     """Points during which the cluster changed views (a backup dropped and re-admitted, or a
     primary deposed): under CPU starvation that happens, and the point's figures carry it."""
@@ -317,7 +360,7 @@ def section_view_changes() -> list[str]:
 def render() -> str:
     lines: list[str] = []
     for sec in (section_machine, section_limit, section_nodes, section_peer, section_saturation, section_failover,
-                section_memory, section_durability, section_profile, section_view_changes):
+                section_memory, section_durability, section_profile, section_path, section_view_changes):
         lines += sec()
     return "\n".join(lines).rstrip() + "\n"
 

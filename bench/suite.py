@@ -37,7 +37,7 @@ from common import Cluster, CpuMeter, log, others_paused, ratio, rss_bytes, stat
 from driver import closed_loop, engine_closed_loop, open_loop  # noqa: E402
 from relay import Relay  # noqa: E402
 
-EXPERIMENTS = ("limit", "nodes", "saturation", "durability", "failover", "profile", "memory")
+EXPERIMENTS = ("limit", "nodes", "saturation", "durability", "failover", "profile", "path", "memory")
 
 
 @dataclass
@@ -63,6 +63,8 @@ class Settings:
     memory_concurrency: int = 500  # below the node ROUTER's default SNDHWM (1000): no dropped replies
     memory_max_seconds: float = 600.0  # the suite lowers it to what is left of its time budget
     profile_seconds: float = 6.0
+    path_writes: int = 3000  # one customer's orders per round and target (~1.5 s each)
+    path_rounds: int = 3
     loadgen_open_loop_repeats: int = 1  # loadgen's own open loop (issue 5) at the same rates: a cross-check
     long: bool = False
 
@@ -673,6 +675,13 @@ def exp_profile(s: Settings) -> None:
         log(f"profile GIL    self {row['percent']:5.1f}%  {row['function']}")
 
 
+def exp_path(s: Settings) -> None:
+    """Where an unloaded write waits, relay against a 3-node cluster (bench/critical_path.py)."""
+    import critical_path
+
+    critical_path.run(s.path_writes, s.path_rounds, 3)
+
+
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -726,6 +735,7 @@ RUNNERS = {
     "failover": exp_failover,
     "memory": exp_memory,
     "profile": exp_profile,
+    "path": exp_path,
 }
 
 
@@ -757,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
         s = Settings(duration=10.0, warmup=1.0, repeats=5, limit_pairs=10, limit_duration=5.0, nodes_duration=5.0,
                      nodes_warmup=1.0, nodes_pairs=10, peer_duration=5.0,
                      open_loop_duration=10.0, failover_default_client_trials=20, catch_up_entries=500_000,
-                     profile_seconds=30.0, loadgen_open_loop_repeats=5, durability_duration=10.0, long=True)
+                     profile_seconds=30.0, path_writes=10_000, path_rounds=5, loadgen_open_loop_repeats=5, durability_duration=10.0, long=True)
     if args.repeats:
         s.repeats = args.repeats
     if args.duration:

@@ -29,7 +29,8 @@ from node.storage import Storage
 from protocol import codec
 from protocol.codec import ProtocolError
 from protocol.config import ClusterConfig, ConfigError, load_config
-from protocol.messages import ErrorCode, ErrorReply, Message, ViewReply
+from protocol.messages import ErrorCode, ErrorReply, Message, Outbox, ViewReply
+from protocol.tracepoints import TRACING, mark
 from protocol.zmq_calls import NOBLOCK, RCVMORE, has_message, recv_pending, send_routed
 
 log = logging.getLogger("node")
@@ -158,10 +159,14 @@ class NodeServer:
             ready = dict(poller.poll(math.ceil(wait * 1000)))
             now = time.monotonic()
             if self.repl_sock in ready:
+                if TRACING:
+                    mark("peers")
                 self._drain_replication(now)
             if self.vs_sock in ready:
                 self._drain_view_service(now)
             if self.client_sock in ready:
+                if TRACING:
+                    mark("clients")
                 self._drain_clients(now)
             if now >= next_tick:
                 if has_message(self.control_sock):
@@ -265,6 +270,9 @@ class NodeServer:
 
     def _flush(self, now: float) -> None:
         out = self.core.flush(now)
+        if TRACING:
+            self._flush_traced(out)
+            return
         if out.replicate:
             self._send_peers(out.replicate)
         if out.persist:
@@ -273,6 +281,25 @@ class NodeServer:
             self._send_peers(out.messages)
         for client, reply in out.replies:
             self._send_reply(client, reply)
+        out.clear()
+
+    def _flush_traced(self, out: Outbox) -> None:
+        """`_flush` with the steps of protocol/tracepoints.py marked: kept apart so the untraced
+        flush, which runs every loop turn, pays one test for it."""
+        mark("flushed")
+        if out.replicate:
+            self._send_peers(out.replicate)
+            mark("appends_sent")
+        if out.persist:
+            self.storage.write(out.persist)
+            mark("wal_written")
+        if out.messages:
+            self._send_peers(out.messages)
+            mark("acks_sent")
+        for client, reply in out.replies:
+            self._send_reply(client, reply)
+        if out.replies:
+            mark("replies_sent")
         out.clear()
 
     def _send_peers(self, messages: list) -> None:
