@@ -25,8 +25,9 @@ min/median/max over rounds, the targets measured in rotation with the other one 
 
     python bench/critical_path.py [--writes 3000] [--rounds 2] [--nodes 3]
 
-Writes bench/results/path.json; `python bench/plots.py path` draws path.png (the suite's `path`
-experiment runs this and draws it).
+Writes bench/results/path.json (3 nodes; path_<n>.json for --nodes n); `python bench/plots.py
+path` draws path.png.  The suite's `path` experiment runs 3 nodes, then 2 and 5 for the 5/2-node
+target: which segment grows with the number of backups.
 """
 
 from __future__ import annotations
@@ -235,6 +236,11 @@ def traces_of(directory: Path, pids: dict[str, int]) -> dict[str, Marks]:
     return out
 
 
+def result_name(nodes: int) -> str:
+    """path.json for the 3-node headline, path_<n>.json for the other sizes."""
+    return "path" if nodes == 3 else f"path_{nodes}"
+
+
 def run(writes: int, rounds: int, nodes: int, out_dir: Path = RESULTS) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lfctl-path-") as tmp:
         dirs = {"relay": Path(tmp) / "relay", "lfctl": Path(tmp) / "lfctl"}
@@ -279,7 +285,7 @@ def run(writes: int, rounds: int, nodes: int, out_dir: Path = RESULTS) -> dict[s
                 "writes": [p["writes"] for p in per_round],
                 "us": {k: stats([p["median_us"][k] for p in per_round if k in p["median_us"]]) for k in keys},
             }
-    write_result("path", result, out_dir)
+    write_result(result_name(nodes), result, out_dir)
     return result
 
 

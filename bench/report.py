@@ -330,6 +330,32 @@ def section_path() -> list[str]:
     return out
 
 
+def section_path_nodes() -> list[str]:
+    """The same segments at 2 and 5 nodes: where the 5/2-node latency ratio comes from."""
+    two, five = load("path_2"), load("path_5")
+    if not two or not five:
+        return []
+    out = [f"### Where an unloaded write waits, 2 vs 5 nodes (`bench/critical_path.py --nodes 2|5`, "
+           f"{two['settings']['writes']:,} writes × {two['settings']['rounds']} rounds a target)", ""]
+    keys = [("to_primary", "client sent → primary's loop awake"), ("request_turn", "primary: awake → appends sent"),
+            ("last_backup_wake", "appends sent → last backup awake"), ("backup_turn", "backup: awake → ack sent (mean)"),
+            ("replication", "appends sent → last ack sent"), ("ack_to_primary", "last ack sent → primary's loop awake"),
+            ("commit_turn", "primary: awake → replies sent"), ("to_client", "replies sent → client has the reply"),
+            ("total", "**the write, end to end**")]
+    rows = []
+    for key, label in keys:
+        cells = []
+        for name in ("relay", "lfctl"):
+            a, b = two[name]["us"].get(key), five[name]["us"].get(key)
+            cells += [mmm(a), mmm(b), f"{b['median'] - a['median']:+.0f}" if a and b else "–"]
+        rows.append([label, *cells])
+    out += table(["segment (µs, median)", "relay 2", "relay 5", "relay +", "lfctl 2", "lfctl 5", "lfctl +"], rows)
+    ratios = {n: five[n]["us"]["total"]["median"] / two[n]["us"]["total"]["median"] for n in ("relay", "lfctl")}
+    out += [f"5/2-node ratio of these medians: relay {ratios['relay']:.2f}, lfctl {ratios['lfctl']:.2f} (the target's "
+            f"figure is the nodes experiment's side-by-side ratio above).", ""]
+    return out
+
+
 def section_view_changes() -> list[str]:
     """Points during which the cluster changed views (a backup dropped and re-admitted, or a
     primary deposed): under CPU starvation that happens, and the point's figures carry it."""
@@ -360,7 +386,8 @@ def section_view_changes() -> list[str]:
 def render() -> str:
     lines: list[str] = []
     for sec in (section_machine, section_limit, section_nodes, section_peer, section_saturation, section_failover,
-                section_memory, section_durability, section_profile, section_path, section_view_changes):
+                section_memory, section_durability, section_profile, section_path, section_path_nodes,
+                section_view_changes):
         lines += sec()
     return "\n".join(lines).rstrip() + "\n"
 

@@ -676,10 +676,13 @@ def exp_profile(s: Settings) -> None:
 
 
 def exp_path(s: Settings) -> None:
-    """Where an unloaded write waits, relay against a 3-node cluster (bench/critical_path.py)."""
+    """Where an unloaded write waits, relay against a cluster (bench/critical_path.py): 3 nodes,
+    then 2 and 5 (fewer writes: the 5/2 comparison needs the segments, not the tail)."""
     import critical_path
 
     critical_path.run(s.path_writes, s.path_rounds, 3)
+    for nodes in (2, 5):
+        critical_path.run(s.path_writes // 2, s.path_rounds, nodes)
 
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
