@@ -107,7 +107,7 @@ def test_a_write_missing_a_step_is_left_out_and_the_relay_gets_no_node_split() -
     assert round_["median_us"]["total"] == 90
 
 
-def test_a_real_relay_and_cluster_mark_every_step_of_a_write(tmp_path: Path) -> None:
+def test_a_real_relay_and_cluster_mark_every_step_of_a_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = cp.run(writes=40, rounds=1, nodes=3, out_dir=tmp_path)
     assert (tmp_path / "path.json").exists()
     for name in ("relay", "lfctl"):
@@ -118,3 +118,12 @@ def test_a_real_relay_and_cluster_mark_every_step_of_a_write(tmp_path: Path) -> 
             assert r["us"][key]["median"] is not None, (name, key)
         assert r["us"]["total"]["median"] > 0
     assert "backup_turn.wal" in result["lfctl"]["us"] and "backup_turn.wal" not in result["relay"]["us"]
+    # and docs/performance.md's table renders from it: a row per segment, both targets filled in
+    import report  # noqa: PLC0415
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    lines = report.section_path()
+    total = next(line for line in lines if "end to end" in line)
+    cells = [c.strip() for c in total.strip("|").split("|")]
+    assert cells[1] != "–" and cells[2] != "–", total
+    assert sum(1 for line in lines if line.startswith("| ")) == 1 + len(report.PATH_ROWS)
