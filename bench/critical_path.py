@@ -95,7 +95,8 @@ class Marks:
 
 def timeline(sent: int, answered: int, primary: Marks, backups: Sequence[Marks]) -> dict[str, float] | None:
     """One write's segments in microseconds, or None when a step of it is missing from a trace
-    (a process that did not mark it, or a write answered by something else than a commit)."""
+    (a process that did not mark it, or a write answered by something else than a commit).
+    `backups` is never empty: with one node there is no replication to follow."""
     wake = primary.first("clients", sent, answered)
     if wake is None:
         return None
@@ -120,8 +121,8 @@ def timeline(sent: int, answered: int, primary: Marks, backups: Sequence[Marks])
             return None
         wakes.append(w)
         acks.append(a)
-    last_ack = max(acks) if acks else appends
-    commit_wake = primary.last("peers", appends, replied) if backups else appends
+    last_ack = max(acks)
+    commit_wake = primary.last("peers", appends, replied)
     if commit_wake is None:
         return None
     us = 1e-3
@@ -133,12 +134,11 @@ def timeline(sent: int, answered: int, primary: Marks, backups: Sequence[Marks])
         "commit_turn": (replied - commit_wake) * us,
         "to_client": (answered - replied) * us,
         "total": (answered - sent) * us,
+        "first_backup_wake": (min(wakes) - appends) * us,
+        "last_backup_wake": (max(wakes) - appends) * us,
+        "backup_turn": statistics.fmean(a - w for w, a in zip(wakes, acks)) * us,
+        "ack_turns": float(primary.count("peers", appends, replied)),
     }
-    if backups:
-        out["first_backup_wake"] = (min(wakes) - appends) * us
-        out["last_backup_wake"] = (max(wakes) - appends) * us
-        out["backup_turn"] = statistics.fmean(a - w for w, a in zip(wakes, acks)) * us
-        out["ack_turns"] = float(primary.count("peers", appends, replied))
     _node_steps(out, primary, backups, wake, appends, commit_wake, replied, wakes, acks)
     return out
 

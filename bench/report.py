@@ -337,11 +337,9 @@ def section_path_nodes() -> list[str]:
         return []
     out = [f"### Where an unloaded write waits, 2 vs 5 nodes (`bench/critical_path.py --nodes 2|5`, "
            f"{two['settings']['writes']:,} writes × {two['settings']['rounds']} rounds a target)", ""]
-    keys = [("to_primary", "client sent → primary's loop awake"), ("request_turn", "primary: awake → appends sent"),
-            ("last_backup_wake", "appends sent → last backup awake"), ("backup_turn", "backup: awake → ack sent (mean)"),
-            ("replication", "appends sent → last ack sent"), ("ack_to_primary", "last ack sent → primary's loop awake"),
-            ("commit_turn", "primary: awake → replies sent"), ("to_client", "replies sent → client has the reply"),
-            ("total", "**the write, end to end**")]
+    labels = dict(PATH_ROWS)
+    keys = [(k, labels[k]) for k in ("to_primary", "request_turn", "last_backup_wake", "backup_turn", "replication",
+                                     "ack_to_primary", "commit_turn", "to_client", "total")]
     rows = []
     for key, label in keys:
         cells = []
