@@ -11,6 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 
+APPENDS_PER_TICK = 10
+"""How many appends a backup handles between two ticks, where it applies what is committed
+(node/server.py ticks every 10 ms): ~1,000 appends/s reach a backup both unloaded (one a write)
+and at 100 customers (~35 entries an append)."""
+
+
 def backup_and_appends(entries: int, appends: int) -> tuple[Any, list[bytes]]:
     """(a `Replica` that is backup 2 of view 1, `appends` frames of `entries` entries each, in order)."""
     from node.replica import Replica, ReplicaSettings

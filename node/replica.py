@@ -242,6 +242,7 @@ class Replica:
                     self.peers[learner] = _Peer(self.log.last_index + 1, now)
 
     def on_tick(self, now: float) -> None:
+        self.apply_committed()  # where a backup applies (see _learn_commit); the snapshot below reads the book
         self._ticks_since_mark += 1
         self._replicate_due = self._commit_due = True  # heartbeats, retransmits, lagging peers
         # Snapshots are taken here rather than at commit time: a step that commits entries
@@ -560,8 +561,16 @@ class Replica:
         self._send_reply(msg.sender, True, matched)
 
     def _learn_commit(self, commit: int) -> None:
+        """A backup only notes what the primary says is committed; it applies those entries at
+        its next tick (`apply_committed`), many at a time, so that applying is not part of any
+        write's round trip."""
         if commit > self.commit_index:
-            self._set_commit(commit)
+            self.commit_index = commit
+
+    def apply_committed(self) -> None:
+        """Apply what is committed but not yet applied: at a tick, and before a promotion."""
+        if self.commit_index > self.applied_index:
+            self._set_commit(self.commit_index)
 
     def _send_reply(self, to: int, ok: bool, index: int) -> None:
         """One reply per loop turn where one will do: an ok reply covers every earlier ok reply
@@ -643,6 +652,7 @@ class Replica:
             log.info("view %d: %s (primary %d)", view.number, self.role.value, view.primary)
 
     def _become_primary(self, now: float) -> None:
+        self.apply_committed()  # the book must hold every committed order before we answer
         self.peers = {}
         self.pending_add.clear()
         self.regressed.clear()

@@ -31,6 +31,7 @@ def run_bench(script: str, *args: str) -> None:
         ("backup_bench.py", ("--entries", "12", "--appends", "40", "--repeats", "1"), "backup.json", ("cpu_us_per_append",)),
         # under valgrind: the interpreter's start-up alone takes seconds, so one workload, tiny
         ("instructions.py", ("--only", "core", "--orders", "300"), "instructions.json", ("instructions",)),
+        ("instructions.py", ("--only", "cold", "--writes", "20"), "instructions.json", ("instructions",)),
     ],
 )
 def test_in_process_bench_runs_and_writes_its_json(tmp_path: Path, script: str, args: tuple[str, ...],
@@ -41,8 +42,12 @@ def test_in_process_bench_runs_and_writes_its_json(tmp_path: Path, script: str, 
     doc = json.loads((tmp_path / result).read_text())
     for key in keys:
         assert doc[key], f"{script} wrote an empty {key!r}"
-    if script == "instructions.py":
+    if script == "instructions.py" and "core" in args:
         assert doc["instructions"]["."]["core_per_order"] > 0
+    if script == "instructions.py" and "cold" in args:
+        cold = doc["instructions"]["."]["cold_per_write"]
+        # a write runs the Python of four loop turns, and with the caches wiped it misses
+        assert cold["instructions"] > 50_000 and cold["ll_misses"] > 1_000, cold
 
 
 def test_steal_percent_is_the_stolen_share_of_all_cpu_time() -> None:

@@ -173,6 +173,41 @@ def test_backup_appends_in_order_and_applies_up_to_commit():
     assert drain(rep, 0.02)[0] == [CommitMark(2)]  # ...then goes on its own
 
 
+def test_backup_acknowledges_before_it_applies_what_the_primary_committed():
+    rep = make(2)
+    rep.on_message(Append(V1, 1, 0, 0, 0, pack_entries([(1, 10, 0, 1)])), 0.0)
+    drain(rep, 0.0)
+    rep.on_message(Append(V1, 1, 1, 1, 1, pack_entries([(1, 11, 0, 1)])), 0.01)
+    _, messages, _ = drain(rep, 0.01)
+    assert messages == [(1, AppendReply(1, 2, True, 2, 102))]
+    assert (rep.commit_index, rep.applied_index, rep.book.records) == (1, 0, {})  # not yet applied
+    rep.apply_committed()  # what the shell does once the turn's outbox has gone
+    assert (rep.applied_index, rep.book.records) == (1, {10: 0})
+    rep.apply_committed()
+    assert rep.book.records == {10: 0}
+
+
+def test_a_tick_applies_what_a_shell_left_unapplied():
+    rep = make(2)
+    rep.on_message(Append(V1, 1, 0, 0, 2, pack_entries([(1, 10, 0, 1), (1, 11, 3, 1)])), 0.0)
+    drain(rep, 0.0)
+    assert rep.book.records == {}
+    rep.on_tick(0.01)
+    assert (rep.applied_index, rep.book.records) == (2, {10: 0, 11: 3})
+
+
+def test_promoted_backup_applies_its_committed_entries_before_serving():
+    rep = make(2)
+    rep.on_message(Append(V1, 1, 0, 0, 1, pack_entries([(1, 10, 4, 1), (1, 11, 0, 1)])), 0.0)
+    drain(rep, 0.0)
+    v2 = View(2, 2, frozenset({3}))
+    rep.on_view_reply(ViewReply(v2), 0.5, sent_at=0.5)
+    assert (rep.applied_index, rep.book.records) == (1, {10: 4})
+    assert rep.pending_keys == {order_key(11, 0): 2}  # only the uncommitted entry is in flight
+    rep.on_client_request("o", order(8, 10, 4), 0.5)  # a retry of a committed order: answered
+    assert drain(rep, 0.5)[2] == [("o", LaptopInfo(8, 10, 4, 1, 1, 2))]
+
+
 def test_backup_answers_the_appends_of_one_turn_with_one_cumulative_reply():
     rep = make(2)
     rep.on_message(Append(V1, 1, 0, 0, 0, pack_entries([(1, 10, 0, 1)])), 0.0)
