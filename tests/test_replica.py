@@ -378,9 +378,20 @@ def test_packed_log_slices_truncates_and_compacts_by_index():
     log.truncate_from(14)
     assert log.last_index == 13 and log.last_view == 4
     log.extend(pack_entries([(6, 200, 0, 2)]))
+    assert (log.last_index, log.last_view) == (14, 6)
+    log.extend(b"")
+    assert (log.last_index, log.last_view) == (14, 6)
     log.compact(12)
-    assert (log.base_index, log.base_view, log.last_index) == (12, 4, 14)
+    assert (log.base_index, log.base_view, log.last_index, log.last_view) == (12, 4, 14, 6)
     assert unpack_entries(log.slice(13, 14)) == [(4, 102, 2, 1), (6, 200, 0, 2)]
+    log.compact(14)  # everything in the snapshot: the last entry is the snapshot's
+    assert (log.base_index, log.last_index, log.last_view) == (14, 14, 6)
+    log.truncate_from(15)  # nothing past the end: no change
+    assert (log.last_index, log.last_view) == (14, 6)
+    log.reset(30, 8)
+    assert (log.last_index, log.last_view, log.view_at(30)) == (30, 8, 8)
+    restored = Log(5, 2, pack_entries([(3, 1, 1, 1)]))  # as recovery builds it
+    assert (restored.last_index, restored.last_view) == (6, 3)
     with pytest.raises(ValueError, match="whole number of entries"):
         Log(0, 0, b"\x00" * 17)
 
