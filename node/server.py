@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import zmq
 
-from node.replica import PING_TIMEOUT_HEARTBEATS, Replica, ReplicaSettings, Role
+from node.replica import PING_TIMEOUT_HEARTBEATS, PRIMARY, Replica, ReplicaSettings
 from node.storage import Storage
 from protocol import codec
 from protocol.codec import ProtocolError
@@ -145,7 +145,7 @@ class NodeServer:
         polled_vs = self.vs_sock
         next_tick = 0.0
         while not self.stopping:
-            primary = self.core.role is Role.PRIMARY
+            primary = self.core.role is PRIMARY  # the module global: see node/replica.py
             pinging = self.ping_sent_at is not None
             if self.vs_sock is not polled_vs:  # reopened since
                 pollers.clear()
