@@ -153,10 +153,13 @@ class NodeServer:
             poller = pollers.get((primary, pinging))
             if poller is None:
                 poller = pollers[primary, pinging] = self._poller(primary, pinging)
-            wait = max(0.0, min(next_tick, self.next_ping) - time.monotonic())
+            # A comparison rather than min()/max(): a builtin call parses its keywords, and
+            # every turn runs this cold.
+            wake = next_tick if next_tick < self.next_ping else self.next_ping
+            wait = wake - time.monotonic()
             # pyzmq truncates a float timeout to whole milliseconds: rounding down would turn
             # the last millisecond before every tick into a busy spin of poll(0).
-            ready = dict(poller.poll(math.ceil(wait * 1000)))
+            ready = dict(poller.poll(math.ceil(wait * 1000) if wait > 0 else 0))
             now = time.monotonic()
             if self.repl_sock in ready:
                 if TRACING:
@@ -175,7 +178,8 @@ class NodeServer:
                     self._drain_clients(now)
                 self.core.on_tick(now)
                 next_tick = now + self.tick_period
-            self._ping(now)
+            if self.ping_sent_at is not None or now >= self.next_ping:  # most turns: neither
+                self._ping(now)
             self._flush(now)
 
     def _poller(self, primary: bool, pinging: bool) -> zmq.Poller:
