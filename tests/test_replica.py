@@ -181,13 +181,13 @@ def test_backup_acknowledges_before_it_applies_what_the_primary_committed():
     _, messages, _ = drain(rep, 0.01)
     assert messages == [(1, AppendReply(1, 2, True, 2, 102))]
     assert (rep.commit_index, rep.applied_index, rep.book.records) == (1, 0, {})  # not yet applied
-    rep.apply_committed()  # what the shell does once the turn's outbox has gone
+    rep.apply_committed()  # what the backup's next tick, or a promotion, does
     assert (rep.applied_index, rep.book.records) == (1, {10: 0})
     rep.apply_committed()
     assert rep.book.records == {10: 0}
 
 
-def test_a_tick_applies_what_a_shell_left_unapplied():
+def test_a_backup_applies_what_is_committed_at_its_tick():
     rep = make(2)
     rep.on_message(Append(V1, 1, 0, 0, 2, pack_entries([(1, 10, 0, 1), (1, 11, 3, 1)])), 0.0)
     drain(rep, 0.0)
