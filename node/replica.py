@@ -516,11 +516,12 @@ class Replica:
             # adopting one from an append could let a deposed primary count us in its old view.
             return
         view = msg.view
-        if view is not self.view:  # the codec hands out one View object per view: usually the same
-            if view.number < self.view.number:
+        if view is not self.view:  # the codec hands out one View object per view: often the same
+            number = self.view.number
+            if view.number < number:
                 self._send_reply(msg.sender, False, self.log.last_index + 1)  # fencing: tell it is stale
                 return
-            if self._is_newer(view):
+            if view.number > number:  # `_is_newer`, inlined: not IDLE here, so only a later view
                 self._adopt_view(view, now)
         if msg.sender != self.view.primary or msg.sender == self.id:
             return

@@ -159,6 +159,9 @@ def _v1_engineers(view: memoryview, pos: int, customers: array, last_orders: arr
     return engineers, pos
 
 
+_NO_BLOCK = (-1, -1)  # Log._block_at when no block is held: no (first, last) matches it
+
+
 class Log:
     """Entries base_index+1 .. last_index, packed back to back in one bytearray (the layout of
     protocol/entries.py); everything up to base_index lives in the snapshot.
@@ -170,7 +173,12 @@ class Log:
     # last_index and last_view are kept up to date by every change rather than worked out when
     # asked: the core reads them ~14 times in each unloaded write's four loop turns, and a
     # property is a call each time.
-    __slots__ = ("base_index", "base_view", "data", "last_index", "last_view")
+    #
+    # `_block` is the last block `slice` made or `extend` received, and `_block_at` the (first,
+    # last) index it holds, until the log changes: the same range is asked for more than once
+    # (a primary persists, replicates and applies its new entries; a backup persists the block
+    # it received), and each copy would be a bytes object built again.
+    __slots__ = ("base_index", "base_view", "data", "last_index", "last_view", "_block", "_block_at")
 
     def __init__(self, base_index: int = 0, base_view: int = 0, data: bytes | bytearray = b"") -> None:
         if len(data) % ENTRY_SIZE:
@@ -181,6 +189,7 @@ class Log:
         self._ends()
 
     def _ends(self) -> None:
+        self._block_at = _NO_BLOCK
         data = self.data
         self.last_index = self.base_index + len(data) // ENTRY_SIZE
         self.last_view = VIEW.unpack_from(data, len(data) - ENTRY_SIZE)[0] if data else self.base_view
@@ -201,22 +210,34 @@ class Log:
 
     def slice(self, first: int, last: int) -> bytes:
         """The block of entries first..last inclusive (both in the log, first > base_index)."""
+        at = self._block_at
+        if at[0] == first and at[1] == last:
+            return self._block
         off = self.base_index + 1
-        return bytes(self.data[(first - off) * ENTRY_SIZE : (last - off + 1) * ENTRY_SIZE])
+        block = self._block = bytes(self.data[(first - off) * ENTRY_SIZE : (last - off + 1) * ENTRY_SIZE])
+        self._block_at = (first, last)
+        return block
 
     def append_order(self, view: int, customer_id: int, order_number: int, engineer: int) -> int:
         """Append one entry; returns its index."""
         self.data += ENTRY.pack(view, customer_id, order_number, engineer)
         self.last_view = view
         self.last_index += 1
+        self._block_at = _NO_BLOCK
         return self.last_index
 
     def extend(self, block: bytes | bytearray | memoryview) -> None:
         """Append a block of packed entries (whole ones: the codec checks an Append's length)."""
         if block:
             self.data += block
+            first = self.last_index + 1
             self.last_index += len(block) // ENTRY_SIZE
             self.last_view = VIEW.unpack_from(block, len(block) - ENTRY_SIZE)[0]
+            if type(block) is bytes:  # immutable: it can stand for these entries
+                self._block = block
+                self._block_at = (first, self.last_index)
+            else:
+                self._block_at = _NO_BLOCK
 
     def truncate_from(self, index: int) -> None:
         """Drop entries >= index."""

@@ -659,9 +659,12 @@ class Storage:
             self._finish_install()
 
     def _append(self, buf: bytes) -> None:
-        assert self._fd is not None
+        fd = self._fd
+        assert fd is not None
         try:
-            _write_all(self._fd, buf)
+            written = os.write(fd, buf)  # `_write_all`, inlined: the kernel takes it whole, as a rule
+            if written != len(buf):
+                _write_all(fd, memoryview(buf)[written:])
             if self.policy == "fsync":
                 _fdatasync(self._fd)
         except OSError as exc:

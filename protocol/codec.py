@@ -287,6 +287,9 @@ def _enc_error_reply(m: ErrorReply) -> bytes:
 _last_view: list[Any] = [None, (0, 0, 0)]
 
 
+_MAX_APPEND_ENTRIES_BYTES = MAX_FRAME - _APPEND.size  # past this, `_check_frame_size` raises
+
+
 def _enc_append(m: Append) -> bytes:
     view = m.view
     if view is _last_view[0]:
@@ -305,21 +308,14 @@ def _enc_append(m: Append) -> bytes:
             raise ProtocolError(str(exc)) from None
         if type(entries) is not bytes:
             entries = bytes(memoryview(entries).cast("B"))
-    head = _APPEND.pack(
-        _V,
-        10,
-        number,
-        primary,
-        mask,
-        _sender(m.sender, "Append.sender"),
-        m.prev_index,
-        m.prev_view,
-        m.commit_index,
-        count,
-    )
+    sender = m.sender
+    if not 1 <= sender <= MAX_NODE_ID:  # `_sender`, inlined: once per append
+        raise _node_error(sender, 1, "Append.sender")
+    head = _APPEND.pack(_V, 10, number, primary, mask, sender, m.prev_index, m.prev_view, m.commit_index, count)
     if not count:
         return head
-    _check_frame_size("Append frame", _APPEND.size + len(entries))
+    if len(entries) > _MAX_APPEND_ENTRIES_BYTES:
+        _check_frame_size("Append frame", _APPEND.size + len(entries))
     return head + entries  # already in the wire layout (protocol/entries.py)
 
 

@@ -396,6 +396,31 @@ def test_packed_log_slices_truncates_and_compacts_by_index():
         Log(0, 0, b"\x00" * 17)
 
 
+def test_a_log_slice_asked_again_is_the_same_block_until_the_log_changes():
+    """`Log.slice` hands out the block it made (or `extend` received) for the same range again,
+    and never one from before a change of the log."""
+    log = Log()
+    for k in range(3):
+        log.append_order(1, k, 1, 1)
+    block = log.slice(2, 3)
+    assert log.slice(2, 3) is block and log.slice(1, 3) is not block
+    received = pack_entries([(1, 7, 1, 2), (1, 8, 1, 2)])
+    log.extend(received)
+    assert log.slice(4, 5) is received
+    log.truncate_from(5)
+    log.extend(pack_entries([(2, 9, 1, 3)]))  # the same index, another entry
+    assert unpack_entries(log.slice(4, 5)) == [(1, 7, 1, 2), (2, 9, 1, 3)]
+    assert unpack_entries(log.slice(5, 5)) == [(2, 9, 1, 3)]
+    log.truncate_from(5)
+    log.append_order(2, 10, 1, 1)  # index 5 again, another entry
+    assert unpack_entries(log.slice(5, 5)) == [(2, 10, 1, 1)]
+    log.extend(bytearray(pack_entries([(2, 11, 1, 1)])))  # mutable: copied on the next slice
+    assert unpack_entries(log.slice(6, 6)) == [(2, 11, 1, 1)]
+    log.reset(6, 2)
+    log.append_order(3, 12, 1, 1)
+    assert unpack_entries(log.slice(7, 7)) == [(3, 12, 1, 1)]
+
+
 def test_book_applies_an_order_only_above_the_customers_last():
     book = OrderBook()
     accepted = book.apply_all(pack_entries([

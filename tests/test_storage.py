@@ -516,6 +516,29 @@ def test_one_os_write_per_step(tmp_path: Path, monkeypatch) -> None:
     s.close()
 
 
+def test_a_short_write_is_completed(tmp_path: Path, monkeypatch) -> None:
+    """The kernel may take part of a buffer: the rest follows, and nothing is written twice."""
+    import node.storage as mod
+
+    s, _ = reopen(tmp_path)
+    s.write([AppendEntries(1, entries(1, 2))])
+    real = os.write
+    taken: list[int] = []
+
+    def short_once(fd: int, b) -> int:
+        monkeypatch.setattr(mod.os, "write", real)
+        taken.append(real(fd, bytes(b)[:7]))
+        return taken[-1]
+
+    monkeypatch.setattr(mod.os, "write", short_once)
+    s.write([AppendEntries(3, entries(3, 4))])
+    assert taken == [7]
+    s.write([AppendEntries(7, entries(7, 1))])
+    s.close()
+    _, rec = reopen(tmp_path)
+    assert rec.entries == entries(1, 7) and rec.notes == []
+
+
 def test_failed_write_is_rolled_back(tmp_path: Path, monkeypatch) -> None:
     import node.storage as mod
 
