@@ -47,8 +47,7 @@ def run(orders: int, batch: int) -> float:
     started = time.process_time()
     for first in range(0, orders, batch):
         primary.lease_until = now + 1.0
-        for i in range(first, min(first + batch, orders)):
-            primary.on_client_request(i, decode(frames[i]), now)
+        primary.on_client_requests([(i, decode(frames[i])) for i in range(first, min(first + batch, orders))], now)
         pending = [(1, primary)]
         while pending:  # deliver until every node is quiet: one "loop turn" per node
             node_id, rep = pending.pop()

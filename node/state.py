@@ -186,6 +186,7 @@ class Log:
         self.base_index = base_index
         self.base_view = base_view
         self.data = bytearray(data)
+        self._block = b""
         self._ends()
 
     def _ends(self) -> None:
@@ -217,14 +218,6 @@ class Log:
         block = self._block = bytes(self.data[(first - off) * ENTRY_SIZE : (last - off + 1) * ENTRY_SIZE])
         self._block_at = (first, last)
         return block
-
-    def append_order(self, view: int, customer_id: int, order_number: int, engineer: int) -> int:
-        """Append one entry; returns its index."""
-        self.data += ENTRY.pack(view, customer_id, order_number, engineer)
-        self.last_view = view
-        self.last_index += 1
-        self._block_at = _NO_BLOCK
-        return self.last_index
 
     def extend(self, block: bytes | bytearray | memoryview) -> None:
         """Append a block of packed entries (whole ones: the codec checks an Append's length)."""

@@ -666,11 +666,11 @@ class Storage:
             if written != len(buf):
                 _write_all(fd, memoryview(buf)[written:])
             if self.policy == "fsync":
-                _fdatasync(self._fd)
+                _fdatasync(fd)
         except OSError as exc:
             # Roll back a partial record so the next append lands on a record boundary.
             try:
-                os.ftruncate(self._fd, self._size)
+                os.ftruncate(fd, self._size)
             except OSError as exc2:
                 self._broken = f"write failed ({exc}) and rollback failed ({exc2})"
             raise

@@ -131,6 +131,73 @@ def test_retry_of_an_order_in_flight_waits_with_it():
     assert [c for c, _ in replies] == ["a", "a-retry"]
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_a_turn_of_requests_in_one_call_does_what_one_call_each_does(seed):
+    """`on_client_requests` is `on_client_request` for each request in turn: the same log, the
+    same waiters and the same replies, through commits, retries, stale and repeated orders,
+    reads, an unknown type and the in-flight limit."""
+    import random
+    from dataclasses import replace
+
+    rng = random.Random(seed)
+    settings = replace(S, max_pending=rng.choice([3, 8, 100]))
+    one_each, batched = make(1, settings=settings), make(1, settings=settings)
+    now = 0.01
+    for rep in (one_each, batched):
+        rep.lease_until = 10.0
+    for turn in range(6):
+        batch = []
+        for k in range(rng.randrange(0, 12)):
+            customer = rng.randrange(4)
+            kind = rng.choices([1, 2, 3, 7], weights=[12, 2, 1, 1])[0]
+            if kind == 1:
+                req = order(rng.randrange(50), customer, rng.randrange(6))
+            elif kind == 3:
+                req = ClientRequest(rng.randrange(50), 3, 0, rng.randrange(1, 5))
+            else:
+                req = ClientRequest(rng.randrange(50), kind, customer)
+            batch.append((f"c{turn}.{k}", req))
+        for client, req in batch:
+            one_each.on_client_request(client, req, now)
+        batched.on_client_requests(batch, now)
+        outs = [drain(rep, now) for rep in (one_each, batched)]
+        assert outs[0] == outs[1]
+        assert (one_each.log.data, one_each.pending_keys, one_each.waiters) == (batched.log.data, batched.pending_keys, batched.waiters)
+        if rng.random() < 0.7:  # both backups acknowledge all there is
+            for rep in (one_each, batched):
+                for b in (2, 3):
+                    rep.on_message(AppendReply(1, b, True, rep.log.last_index, 100 + b), now)
+            outs = [drain(rep, now) for rep in (one_each, batched)]
+            assert outs[0] == outs[1]
+            assert one_each.book.records == batched.book.records
+        now += 0.001
+
+
+def test_orders_past_the_in_flight_limit_are_refused_as_overloaded():
+    from dataclasses import replace
+
+    rep = make(1, settings=replace(S, max_pending=2))
+    rep.on_client_requests([(c, order(n, 10 + n, 0)) for n, c in enumerate("abc")], 0.0)
+    persist, _, replies = drain(rep, 0.0)
+    assert persist == [AppendEntries(1, pack_entries([(1, 10, 0, 1), (1, 11, 0, 1)]))]
+    assert replies == [("c", ErrorReply(2, ErrorCode.OVERLOADED, 0, "too many orders in flight"))]
+
+
+def test_a_turn_of_requests_reaching_a_backup_is_redirected_request_by_request():
+    rep = make(2)
+    rep.on_client_requests([("a", order(1, 10, 0)), ("b", ClientRequest(2, 2, 10))], 0.0)
+    replies = drain(rep, 0.0)[2]
+    assert [(c, r.code, r.hint) for c, r in replies] == [("a", ErrorCode.NOT_PRIMARY, 1), ("b", ErrorCode.NOT_PRIMARY, 1)]
+
+
+def test_an_order_that_cannot_be_packed_leaves_the_orders_before_it_in_the_log():
+    rep = make(1)
+    with pytest.raises(Exception):
+        rep.on_client_requests([("a", order(1, 10, 0)), ("b", order(2, 2**40, 0))], 0.0)
+    assert unpack_entries(rep.log.slice(1, rep.log.last_index)) == [(1, 10, 0, 1)]
+    assert rep.pending_keys == {order_key(10, 0): 1} and list(rep.waiters) == [1]
+
+
 def test_reads_need_a_lease_and_see_committed_state():
     rep = make(1, View(1, 1, frozenset()))
     rep.on_client_request("w", order(1, 4, 7), 0.1)
@@ -368,7 +435,8 @@ def test_packed_entries_round_trip_and_refuse_what_does_not_fit():
 def test_packed_log_slices_truncates_and_compacts_by_index():
     log = Log(10, 3)  # entries 11.. follow a snapshot at index 10 from view 3
     for k in range(5):
-        assert log.append_order(4 if k < 3 else 5, 100 + k, k, 1) == 11 + k
+        log.extend(pack_entries([(4 if k < 3 else 5, 100 + k, k, 1)]))
+        assert log.last_index == 11 + k
     assert (log.last_index, log.last_view, log.view_at(10), log.view_at(13), log.view_at(14)) == (15, 5, 3, 4, 5)
     assert log.view_at(9) == -1 and log.view_at(16) == -1  # behind the snapshot / past the end
     assert unpack_entries(log.slice(12, 14)) == [(4, 101, 1, 1), (4, 102, 2, 1), (5, 103, 3, 1)]
@@ -401,7 +469,7 @@ def test_a_log_slice_asked_again_is_the_same_block_until_the_log_changes():
     and never one from before a change of the log."""
     log = Log()
     for k in range(3):
-        log.append_order(1, k, 1, 1)
+        log.extend(bytearray(pack_entries([(1, k, 1, 1)])))
     block = log.slice(2, 3)
     assert log.slice(2, 3) is block and log.slice(1, 3) is not block
     received = pack_entries([(1, 7, 1, 2), (1, 8, 1, 2)])
@@ -412,12 +480,12 @@ def test_a_log_slice_asked_again_is_the_same_block_until_the_log_changes():
     assert unpack_entries(log.slice(4, 5)) == [(1, 7, 1, 2), (2, 9, 1, 3)]
     assert unpack_entries(log.slice(5, 5)) == [(2, 9, 1, 3)]
     log.truncate_from(5)
-    log.append_order(2, 10, 1, 1)  # index 5 again, another entry
+    log.extend(bytearray(pack_entries([(2, 10, 1, 1)])))  # index 5 again, another entry
     assert unpack_entries(log.slice(5, 5)) == [(2, 10, 1, 1)]
     log.extend(bytearray(pack_entries([(2, 11, 1, 1)])))  # mutable: copied on the next slice
     assert unpack_entries(log.slice(6, 6)) == [(2, 11, 1, 1)]
     log.reset(6, 2)
-    log.append_order(3, 12, 1, 1)
+    log.extend(bytearray(pack_entries([(3, 12, 1, 1)])))
     assert unpack_entries(log.slice(7, 7)) == [(3, 12, 1, 1)]
 
 
