@@ -753,22 +753,28 @@ class Replica:
     def _answer_committed(self, first: int, block: bytes, accepted: list[int]) -> None:
         """Reply to the clients waiting on the entries from `first` on (`block`, and what
         `OrderBook.apply_all` made of each).  Builds the replies inline rather than through
-        `_reply`/`_laptop`: once per order."""
+        `_reply`/`_laptop`: once per order.  An entry someone waits on is the order of their
+        request, so its key comes from the request; only an entry no one waits on (one a
+        previous primary appended) is unpacked again."""
         pending = self.pending_keys
         waiters = self.waiters
         replies = self.outbox.replies
         me = self.id
         answered = 0
-        for index, ((_v, customer, order, _e), engineer) in enumerate(zip(ENTRY.iter_unpack(block), accepted), first):
-            pending.pop(((customer & 0xFFFFFFFF) << 32) | (order & 0xFFFFFFFF), None)  # order_key, inlined
+        for index, engineer in enumerate(accepted, first):
             waiting = waiters.pop(index, None)
             if waiting:
+                req = waiting[0][1]
+                pending.pop(((req.customer_id & 0xFFFFFFFF) << 32) | (req.order_number & 0xFFFFFFFF), None)  # order_key
                 for client, req in waiting:
                     if engineer == STALE:
-                        replies.append((client, self._stale(req, self.book.records[customer])))
+                        replies.append((client, self._stale(req, self.book.records[req.customer_id])))
                     else:
                         replies.append((client, LaptopInfo(req.req_id, req.customer_id, req.order_number, ORDER, engineer, me)))
                         answered += 1
+            elif pending:
+                _v, customer, order, _e = ENTRY.unpack_from(block, (index - first) * ENTRY_SIZE)
+                pending.pop(((customer & 0xFFFFFFFF) << 32) | (order & 0xFFFFFFFF), None)
         self.ops += answered
 
     def _take_snapshot(self) -> None:

@@ -273,6 +273,9 @@ def test_promoted_backup_applies_its_committed_entries_before_serving():
     assert rep.pending_keys == {order_key(11, 0): 2}  # only the uncommitted entry is in flight
     rep.on_client_request("o", order(8, 10, 4), 0.5)  # a retry of a committed order: answered
     assert drain(rep, 0.5)[2] == [("o", LaptopInfo(8, 10, 4, 1, 1, 2))]
+    rep.on_message(AppendReply(2, 3, True, 2, 103), 0.51)  # entry 2, which no client here waits on, commits
+    assert drain(rep, 0.51)[2] == [] and rep.commit_index == 2
+    assert rep.pending_keys == {} and rep.waiters == {}  # and is no longer in flight
 
 
 def test_backup_answers_the_appends_of_one_turn_with_one_cumulative_reply():
