@@ -294,8 +294,13 @@ class NodeServer:
             if TRACING:
                 mark("acks_sent")
         if out.replies:
-            for client, reply in out.replies:
-                self._send_reply(client, reply)
+            sock = self.client_sock
+            encode = codec.encode
+            for client, reply in out.replies:  # `_send_reply`, inlined: once per reply
+                try:
+                    send_routed(sock, client, encode(reply))  # type: ignore[arg-type]
+                except zmq.ZMQError:
+                    pass  # the client went away (ROUTER drops unroutable replies)
             if TRACING:
                 mark("replies_sent")
         out.clear()
