@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from verdicts import describe, judge
+
 RESULTS = Path(__file__).resolve().parent / "results"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -21,6 +23,12 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 def load(name: str) -> dict | None:
     p = RESULTS / f"{name}.json"
     return json.loads(p.read_text()) if p.exists() else None
+
+
+def verdict(paired: dict, target: float, at_least: bool) -> str:
+    """A target's verdict from the paired ratios' repeats (`runs`): met, not met or not resolved,
+    with the interval it rests on (bench/verdicts.py)."""
+    return describe(judge(paired.get("runs", []), target, at_least=at_least))
 
 
 def mmm(st: dict | None, unit: str = "", digits: int = 0) -> str:
@@ -106,9 +114,9 @@ def section_limit() -> list[str]:
     pt, pp = r["throughput_100_cluster_over_relay_paired"], r["p50_1_cluster_over_relay_paired"]
     out += [
         f"- **throughput at 100 customers, lfctl / relay = {r['throughput_100_cluster_over_relay']}** "
-        f"(paired per repeat: {pt['median']}, {pt['min']}–{pt['max']}); target ≥ 0.9: {'met' if t['throughput_met'] else 'not met'}.",
+        f"(paired per repeat: {pt['median']}, {pt['min']}–{pt['max']}); target ≥ 0.9: {verdict(pt, 0.9, True)}.",
         f"- **unloaded p50, lfctl / relay = {r['p50_1_cluster_over_relay']}** "
-        f"(paired: {pp['median']}, {pp['min']}–{pp['max']}); target ≤ 1.2: {'met' if t['p50_met'] else 'not met'}.",
+        f"(paired: {pp['median']}, {pp['min']}–{pp['max']}); target ≤ 1.2: {verdict(pp, 1.2, False)}.",
     ]
     if "throughput_100_memory_cluster_over_relay" in r:
         mt, mp = r["throughput_100_memory_cluster_over_relay_paired"], r["p50_1_memory_cluster_over_relay_paired"]
@@ -174,7 +182,7 @@ def section_nodes() -> list[str]:
         out += [f"- **lfctl unloaded p50, 5 nodes / 2 nodes = {pair['cluster_p50_5_over_2']}**, measured side by side: "
                 f"a 2- and a 5-node cluster (and relay) up at once, {pair['settings']['pairs']} rotations of 1-customer "
                 f"points; lfctl {ms(pts['cluster_2']['p50_us'])} → {ms(pts['cluster_5']['p50_us'])} ms (paired per "
-                f"rotation: {pc['median']}, {pc['min']}–{pc['max']}); target ≤ 1.3: {'met' if d['targets']['met'] else 'not met'}. "
+                f"rotation: {pc['median']}, {pc['min']}–{pc['max']}); target ≤ 1.3: {verdict(pc, 1.3, False)}. "
                 f"The bare relay's own 5/2 ratio: {pair['relay_p50_5_over_2']} (paired: {pr['median']}, {pr['min']}–{pr['max']}).",
                 f"- The sweep above, whose 2- and 5-node points are half a minute apart: lfctl 5/2 = "
                 f"{r['cluster_p50_1_5_over_2']}, the relay's {r['relay_p50_1_5_over_2']}; lfctl 5 nodes / 1 node: "
@@ -222,7 +230,7 @@ def section_durability() -> list[str]:
     r = d["ratios"]
     pr = r["throughput_100_fsync_over_wal_paired"]
     out += [f"- **fsync / wal throughput at 100 customers = {r['throughput_100_fsync_over_wal']}** (paired {pr['median']}, "
-            f"{pr['min']}–{pr['max']}); target ≥ 0.5: {'met' if d['targets']['met'] else 'not met'}. "
+            f"{pr['min']}–{pr['max']}); target ≥ 0.5: {verdict(pr, 0.5, True)}. "
             f"wal / memory = {r['throughput_100_wal_over_memory']}; unloaded p50 fsync / wal = {r['p50_1_fsync_over_wal']}. "
             f"Data dir on {d['settings']['data_dir_filesystem']}.", ""]
     return out
