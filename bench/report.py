@@ -110,7 +110,6 @@ def section_limit() -> list[str]:
     out = ["### 1. The limit: bare relay vs the 3-node cluster (same run, interleaved)", ""]
     out += table(["", "writes/s, 100 customers", "p50 ms (100)", "p99 ms (100)", "p50 ms, 1 customer", "p99 ms (1)",
                   "CPU µs per write: primary · backups · client (100)", "others' CPU"], rows)
-    t = d["targets"]
     pt, pp = r["throughput_100_cluster_over_relay_paired"], r["p50_1_cluster_over_relay_paired"]
     out += [
         f"- **throughput at 100 customers, lfctl / relay = {r['throughput_100_cluster_over_relay']}** "
