@@ -24,12 +24,12 @@ from pathlib import Path
 import psutil
 import zmq
 
-from node.replica import PING_TIMEOUT_HEARTBEATS, PRIMARY, Replica, ReplicaSettings
+from node.replica import PING_TIMEOUT_HEARTBEATS, PRIMARY, Replica, ReplicaSettings, worth_logging
 from node.storage import Storage
 from protocol import codec
 from protocol.codec import ProtocolError
 from protocol.config import ClusterConfig, ConfigError, load_config
-from protocol.messages import ClientRequest, ErrorCode, ErrorReply, Message, ViewReply
+from protocol.messages import ViewReply
 from protocol.tracepoints import TRACING, mark
 from protocol.zmq_calls import NOBLOCK, RCVMORE, has_message, recv_pending, send_routed
 
@@ -194,11 +194,11 @@ class NodeServer:
         last two as `zmq.Frame`s whose `.more` says whether another frame follows: reading a
         socket's RCVMORE option builds an enum member inside pyzmq every time (2.6 against 4.8
         µs per request, bench/zmq_calls_bench.py).  A message of any other shape is still
-        consumed whole and rejected."""
+        consumed whole and rejected.  The payloads go to the core as they are: it decodes them
+        (and answers one that does not decode)."""
         sock = self.client_sock
         recv = sock.recv
-        decode = codec.decode_request
-        batch: list[tuple[bytes, ClientRequest]] = []  # handed to the core in one call
+        batch: list[tuple[bytes, bytes]] = []  # handed to the core in one call
         add = batch.append
         try:
             for i in range(DRAIN_LIMIT):
@@ -216,13 +216,7 @@ class NodeServer:
                 if frame.more:
                     self._reject_client_message(identity, 3)
                     continue
-                try:
-                    req = decode(frame.bytes)
-                except ProtocolError as exc:
-                    self._bad_frame("client", str(exc))
-                    self._send_reply(identity, ErrorReply(0, ErrorCode.PROTOCOL, 0, str(exc)[:200]))
-                    continue
-                add((identity, req))
+                add((identity, frame.bytes))
         finally:  # on every way out, a socket error included: what was read is not dropped
             if batch:
                 self.core.on_client_requests(batch, now)
@@ -295,10 +289,9 @@ class NodeServer:
                 mark("acks_sent")
         if out.replies:
             sock = self.client_sock
-            encode = codec.encode
-            for client, reply in out.replies:  # `_send_reply`, inlined: once per reply
+            for client, reply in out.replies:  # frames the core encoded
                 try:
-                    send_routed(sock, client, encode(reply))  # type: ignore[arg-type]
+                    send_routed(sock, client, reply)  # type: ignore[arg-type]
                 except zmq.ZMQError:
                     pass  # the client went away (ROUTER drops unroutable replies)
             if TRACING:
@@ -322,16 +315,9 @@ class NodeServer:
             except zmq.Again:
                 pass  # not connected or full: the core resends after retransmit_ms
 
-    def _send_reply(self, client: object, reply: Message) -> None:
-        """`client` is the ROUTER identity the shell gave the core with the request."""
-        try:
-            send_routed(self.client_sock, client, codec.encode(reply))  # type: ignore[arg-type]
-        except zmq.ZMQError:
-            pass  # the client went away (ROUTER drops unroutable replies)
-
     def _bad_frame(self, source: str, why: str) -> None:
         self.bad_frames += 1
-        if self.bad_frames <= 20 or self.bad_frames % 1000 == 0:
+        if worth_logging(self.bad_frames):
             log.warning("dropped a bad %s frame (%d so far): %s", source, self.bad_frames, why)
 
     # ------------------------------------------------------------------ control
@@ -356,7 +342,7 @@ class NodeServer:
         if name == "health":
             return {**base, "node_id": self.id, "role": status["role"], "view": status["view"]}
         if name == "status":
-            return {**base, **status, **self._partition_state(), "bad_frames": self.bad_frames}
+            return {**base, **status, **self._partition_state(), "bad_frames": self.bad_frames + self.core.bad_requests}
         if name == "dump":
             book = self.core.book
             return {

@@ -23,6 +23,7 @@ from node.replica import PING_TIMEOUT_HEARTBEATS, Replica, ReplicaSettings, Role
 from node.state import order_key
 from node.storage import AppendEntries, CommitMark, Recovered, SnapshotRecord, TruncateFrom, ViewMark
 from orchestrator.view_service import ViewService
+from protocol import codec
 from protocol.entries import ENTRY_SIZE, count as entry_count
 from protocol.messages import (
     RETRYABLE_ERRORS,
@@ -228,8 +229,8 @@ class Simulation:
             self.disks[n].write(out.persist)
         for peer, msg in out.messages:
             self._send(n, peer, msg)
-        for client, reply in out.replies:
-            self._send(n, client, reply)
+        for client, reply in out.replies:  # frames, as a client gets them off the wire
+            self._send(n, client, codec.decode(reply))
         out.clear()
         self._check_node(n)
 
@@ -308,7 +309,7 @@ class Simulation:
             self.ping_out[dst] = None
             rep.on_view_reply(reply, self.now, out[1])
         elif isinstance(msg, ClientRequest):
-            rep.on_client_request(("client", src[1]) if isinstance(src, tuple) else src, msg, self.now)
+            rep.on_client_request(("client", src[1]) if isinstance(src, tuple) else src, codec.encode(msg), self.now)
         else:
             rep.on_message(msg, self.now)
         self._flush(dst)

@@ -70,6 +70,9 @@ __all__ = [
     "ProtocolError",
     "encode",
     "decode",
+    "decode_request",
+    "REQUEST_FRAME",
+    "LAPTOP_INFO_FRAME",
     "peek_kind",
     "encode_json",
     "decode_json",
@@ -139,6 +142,11 @@ _SNAPSHOT_CHUNK = struct.Struct("<BBIBQBQIQQI")
 _PING = struct.Struct("<BBBQIQIQQBQQB")  # fixed part; then `add` pairs
 _ADD = struct.Struct("<BQ")  # Ping.add: (node id, incarnation)
 _VIEW_REPLY = struct.Struct("<BBIBQQ")
+
+# The two frames of an order, whole (version and kind included), for the replica core: a primary
+# takes every order's frame apart and packs its reply with one call each (node/replica.py).
+REQUEST_FRAME = _CLIENT_REQUEST
+LAPTOP_INFO_FRAME = _LAPTOP_INFO
 
 
 # --------------------------------------------------------------------------- shared helpers

@@ -220,7 +220,7 @@ class Outbox:
     replicate: list[tuple[int, ReplicationMessage]] = field(default_factory=list)  # (peer, msg)
     persist: list = field(default_factory=list)  # storage records, see node.storage
     messages: list[tuple[int, ReplicationMessage]] = field(default_factory=list)  # (peer, msg)
-    replies: list[tuple[object, ClientReply]] = field(default_factory=list)  # (client token, reply)
+    replies: list[tuple[object, bytes]] = field(default_factory=list)  # (client token, encoded reply)
 
     def clear(self) -> None:
         # Most turns fill one or two of the four: testing a list is cheaper than a call.

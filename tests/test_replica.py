@@ -9,8 +9,10 @@ import pytest
 from node.replica import Replica, ReplicaSettings, Role
 from node.state import STALE, Log, OrderBook, order_key
 from node.storage import AppendEntries, CommitMark, Recovered, SnapshotRecord, TruncateFrom, ViewMark
+from protocol.codec import REQUEST_FRAME, decode, encode
 from protocol.entries import count, pack_entries, unpack_entries
 from protocol.messages import (
+    PROTOCOL_VERSION,
     Append,
     AppendReply,
     ClientRequest,
@@ -38,14 +40,21 @@ def make(node_id: int = 1, view: View | None = V1, recovered: Recovered | None =
 
 
 def drain(rep: Replica, now: float):
+    """What a flush asks for, with the reply frames decoded."""
     out = rep.flush(now)
-    persist, messages, replies = list(out.persist), list(out.replicate) + list(out.messages), list(out.replies)
+    persist, messages = list(out.persist), list(out.replicate) + list(out.messages)
+    replies = [(client, decode(frame)) for client, frame in out.replies]
     out.clear()
     return persist, messages, replies
 
 
-def order(req_id: int, customer: int, number: int) -> ClientRequest:
-    return ClientRequest(req_id, 1, customer, number)
+def request(req_id: int, kind: int, customer: int, number: int = 0) -> bytes:
+    """A request frame of any type, unknown ones included (`encode` refuses to make those)."""
+    return REQUEST_FRAME.pack(PROTOCOL_VERSION, 1, req_id, kind, customer, number)
+
+
+def order(req_id: int, customer: int, number: int) -> bytes:
+    return encode(ClientRequest(req_id, 1, customer, number))
 
 
 def test_view_reply_makes_roles_and_persists_view_number():
@@ -153,9 +162,9 @@ def test_a_turn_of_requests_in_one_call_does_what_one_call_each_does(seed):
             if kind == 1:
                 req = order(rng.randrange(50), customer, rng.randrange(6))
             elif kind == 3:
-                req = ClientRequest(rng.randrange(50), 3, 0, rng.randrange(1, 5))
+                req = request(rng.randrange(50), 3, 0, rng.randrange(1, 5))
             else:
-                req = ClientRequest(rng.randrange(50), kind, customer)
+                req = request(rng.randrange(50), kind, customer)
             batch.append((f"c{turn}.{k}", req))
         for client, req in batch:
             one_each.on_client_request(client, req, now)
@@ -185,15 +194,23 @@ def test_orders_past_the_in_flight_limit_are_refused_as_overloaded():
 
 def test_a_turn_of_requests_reaching_a_backup_is_redirected_request_by_request():
     rep = make(2)
-    rep.on_client_requests([("a", order(1, 10, 0)), ("b", ClientRequest(2, 2, 10))], 0.0)
+    rep.on_client_requests([("a", order(1, 10, 0)), ("b", encode(ClientRequest(2, 2, 10)))], 0.0)
     replies = drain(rep, 0.0)[2]
     assert [(c, r.code, r.hint) for c, r in replies] == [("a", ErrorCode.NOT_PRIMARY, 1), ("b", ErrorCode.NOT_PRIMARY, 1)]
 
 
-def test_an_order_that_cannot_be_packed_leaves_the_orders_before_it_in_the_log():
-    rep = make(1)
-    with pytest.raises(Exception):
-        rep.on_client_requests([("a", order(1, 10, 0)), ("b", order(2, 2**40, 0))], 0.0)
+def test_an_error_in_a_turn_leaves_the_orders_before_it_in_the_log_with_their_waiters():
+    class FailingReads(Replica):
+        __slots__ = ()
+
+        def _request(self, client, frame, now):
+            raise RuntimeError("a bug in the read path")
+
+    rep = FailingReads(1, S, Recovered(), incarnation=101)
+    rep.on_view_reply(ViewReply(V1), 0.0, sent_at=0.0)
+    rep.flush(0.0).clear()
+    with pytest.raises(RuntimeError):
+        rep.on_client_requests([("a", order(1, 10, 0)), ("b", request(2, 2, 10)), ("c", order(3, 11, 0))], 0.0)
     assert unpack_entries(rep.log.slice(1, rep.log.last_index)) == [(1, 10, 0, 1)]
     assert rep.pending_keys == {order_key(10, 0): 1} and list(rep.waiters) == [1]
 
@@ -202,23 +219,23 @@ def test_reads_need_a_lease_and_see_committed_state():
     rep = make(1, View(1, 1, frozenset()))
     rep.on_client_request("w", order(1, 4, 7), 0.1)
     drain(rep, 0.1)
-    rep.on_client_request("r", ClientRequest(2, 2, 4), 0.2)
-    rep.on_client_request("r2", ClientRequest(3, 2, 5), 0.2)
-    rep.on_client_request("bulk", ClientRequest(4, 3, 0, 10), 0.2)
+    rep.on_client_request("r", encode(ClientRequest(2, 2, 4)), 0.2)
+    rep.on_client_request("r2", encode(ClientRequest(3, 2, 5)), 0.2)
+    rep.on_client_request("bulk", encode(ClientRequest(4, 3, 0, 10)), 0.2)
     assert drain(rep, 0.2)[2] == [
         ("r", CustomerRecord(2, 4, 7)),
         ("r2", CustomerRecord(3, -1, -1)),
         ("bulk", RecordList(4, ((4, 7),))),
     ]
-    rep.on_client_request("late", ClientRequest(5, 2, 4), 0.5)  # lease (0.4 s from the ping) ran out
+    rep.on_client_request("late", encode(ClientRequest(5, 2, 4)), 0.5)  # lease (0.4 s from the ping) ran out
     reply = drain(rep, 0.5)[2][0][1]
     assert reply.code == ErrorCode.UNAVAILABLE
 
 
 def test_bulk_read_limits():
     rep = make(1, View(1, 1, frozenset()), settings=ReplicaSettings(max_bulk_read=10))
-    rep.on_client_request("x", ClientRequest(1, 3, 0, 11), 0.0)
-    rep.on_client_request("y", ClientRequest(2, 3, 5, 4), 0.0)
+    rep.on_client_request("x", encode(ClientRequest(1, 3, 0, 11)), 0.0)
+    rep.on_client_request("y", encode(ClientRequest(2, 3, 5, 4)), 0.0)
     codes = [r.code for _, r in drain(rep, 0.0)[2]]
     assert codes == [ErrorCode.TOO_LARGE, ErrorCode.BAD_REQUEST]
 
@@ -276,6 +293,20 @@ def test_promoted_backup_applies_its_committed_entries_before_serving():
     rep.on_message(AppendReply(2, 3, True, 2, 103), 0.51)  # entry 2, which no client here waits on, commits
     assert drain(rep, 0.51)[2] == [] and rep.commit_index == 2
     assert rep.pending_keys == {} and rep.waiters == {}  # and is no longer in flight
+
+
+def test_a_retry_waiting_on_an_entry_of_the_previous_primary_gets_that_primarys_engineer():
+    """The reply packed when the retry came in says this node accepted the order; the entry
+    says node 1 did, so the answer is built again from the entry's engineer."""
+    rep = make(2)
+    rep.on_message(Append(V1, 1, 0, 0, 1, pack_entries([(1, 10, 4, 1), (1, 11, 0, 1)])), 0.0)
+    drain(rep, 0.0)
+    rep.on_view_reply(ViewReply(View(2, 2, frozenset({3}))), 0.5, sent_at=0.5)
+    rep.on_client_request("retry", order(9, 11, 0), 0.5)  # entry 2 is in flight: wait with it
+    assert drain(rep, 0.5)[2] == [] and rep.log.last_index == 2
+    rep.on_message(AppendReply(2, 3, True, 2, 103), 0.51)
+    assert drain(rep, 0.51)[2] == [("retry", LaptopInfo(9, 11, 0, 1, 1, 2))]
+    assert rep.pending_keys == {} and rep.waiters == {} and rep.ops == 1
 
 
 def test_backup_answers_the_appends_of_one_turn_with_one_cumulative_reply():
@@ -373,7 +404,7 @@ def test_new_primary_syncs_backups_before_serving_reads():
     rep.on_view_reply(ViewReply(v2), 0.5, sent_at=0.5)
     _, messages, _ = drain(rep, 0.5)
     assert messages == [(3, Append(v2, 2, 1, 1, 0, b""))]
-    rep.on_client_request("r", ClientRequest(7, 2, 5), 0.5)
+    rep.on_client_request("r", encode(ClientRequest(7, 2, 5)), 0.5)
     assert drain(rep, 0.5)[2] == []  # parked until entry 1 is committed in view 2
     rep.on_message(AppendReply(2, 3, True, 1, 103), 0.51)
     assert drain(rep, 0.51)[2] == [("r", CustomerRecord(7, 5, 9))]
