@@ -28,7 +28,17 @@ from enum import Enum
 
 from node.state import STALE, Log, OrderBook, order_key
 from node.storage import AppendEntries, CommitMark, Recovered, SnapshotRecord, TruncateFrom, ViewMark
-from protocol.codec import LAPTOP_INFO_FRAME, REQUEST_FRAME, Kind, ProtocolError, decode_request, encode
+from protocol.codec import (
+    LAPTOP_INFO_FRAME,
+    REQUEST_FRAME,
+    Kind,
+    ProtocolError,
+    decode,
+    decode_append,
+    decode_append_reply,
+    decode_request,
+    encode,
+)
 from protocol.entries import ENTRY, ENTRY_SIZE, VIEW
 from protocol.messages import (
     NO_NODE,
@@ -56,6 +66,8 @@ ORDER = int(RequestType.ORDER)
 # attribute lookup and a comparison through int's).
 _REQUEST = int(Kind.CLIENT_REQUEST)
 _LAPTOP_INFO = int(Kind.LAPTOP_INFO)
+_APPEND = int(Kind.APPEND)
+_APPEND_REPLY = int(Kind.APPEND_REPLY)
 
 SNAPSHOT_CHUNK = 1 << 20
 # A ping unanswered for this many heartbeats is given up (the shell reopens its socket, so a late
@@ -311,13 +323,38 @@ class Replica:
             return
         self._answer_read(client, req)
 
+    def on_peer_frame(self, frame: bytes, now: float) -> None:
+        """A frame from a peer, as it came off the wire.  Raises ProtocolError, having changed
+        nothing, for one that does not decode.
+
+        Why frames: appends and their acknowledgements are the replication traffic of a loaded
+        cluster, one or two a loop turn on every node, and a backup's turn is on the path of
+        every write.  They are taken apart into their fields (`codec.decode_append`,
+        `decode_append_reply`), with no message object and no dispatch on its type; the rest
+        is decoded and goes to `on_message`."""
+        kind = frame[1] if len(frame) > 1 else -1
+        if kind == _APPEND:
+            view, sender, prev, prev_view, commit, block = decode_append(frame)
+            self._commit_due = True
+            self._on_append(view, sender, prev, prev_view, commit, block, now)
+        elif kind == _APPEND_REPLY:
+            view_number, sender, ok, index, incarnation = decode_append_reply(frame)
+            self._commit_due = True
+            self._on_append_reply(view_number, sender, ok, index, incarnation, now)
+        else:
+            self.on_message(decode(frame), now)
+
     def on_message(self, msg: object, now: float) -> None:
+        """A decoded message from a peer (the simulator's tests, and `on_peer_frame` for the
+        kinds it does not take apart itself)."""
         self._commit_due = True
         kind = type(msg)  # the codec makes exactly these classes: no isinstance() call per message
         if kind is Append:
-            self._on_append(msg, now)  # type: ignore[arg-type]
+            m: Append = msg  # type: ignore[assignment]  # the exact type, tested above
+            self._on_append(m.view, m.sender, m.prev_index, m.prev_view, m.commit_index, m.entries, now)
         elif kind is AppendReply:
-            self._on_append_reply(msg, now)  # type: ignore[arg-type]
+            r: AppendReply = msg  # type: ignore[assignment]
+            self._on_append_reply(r.view_number, r.sender, r.ok, r.index, r.incarnation, now)
         elif kind is SnapshotChunk:
             self._on_snapshot_chunk(msg, now)  # type: ignore[arg-type]
 
@@ -476,37 +513,38 @@ class Replica:
         peer.last_sent = now
         peer.next_index = snap_index + 1
 
-    def _on_append_reply(self, msg: AppendReply, now: float) -> None:
+    def _on_append_reply(self, view_number: int, sender: int, ok: bool, index: int, incarnation: int, now: float) -> None:
+        """An acknowledgement's fields (`codec.decode_append_reply`)."""
         if self.role is not PRIMARY:
             return
-        if msg.view_number > self.view.number:
-            log.info("node %d answered from view %d: this primary (view %d) is deposed", msg.sender, msg.view_number, self.view.number)
+        if view_number > self.view.number:
+            log.info("node %d answered from view %d: this primary (view %d) is deposed", sender, view_number, self.view.number)
             self.lease_until = -1.0  # stop serving until the view service says otherwise
             return
-        peer = self.peers.get(msg.sender)
-        if msg.view_number < self.view.number or peer is None:
+        peer = self.peers.get(sender)
+        if view_number < self.view.number or peer is None:
             return
         unacked = peer.unacked
-        if msg.ok:
-            while unacked and unacked[0] <= msg.index:
+        if ok:
+            while unacked and unacked[0] <= index:
                 unacked.popleft()
         elif unacked:
             unacked.popleft()
-        if peer.incarnation != msg.incarnation:
+        if peer.incarnation != incarnation:
             if peer.incarnation:  # the peer restarted: whatever it acknowledged before may be gone
-                self._regress(msg.sender, peer, 0)
-            peer.incarnation = msg.incarnation
-        if msg.ok:
-            if msg.index > peer.match_index:
+                self._regress(sender, peer, 0)
+            peer.incarnation = incarnation
+        if ok:
+            if index > peer.match_index:
                 last = self.log.last_index
-                peer.match_index = msg.index if msg.index < last else last
+                peer.match_index = index if index < last else last
                 peer.last_ack = now
             if peer.next_index <= peer.match_index:
                 peer.next_index = peer.match_index + 1
         else:
-            need = msg.index
+            need = index
             if need <= peer.match_index:
-                self._regress(msg.sender, peer, need - 1)
+                self._regress(sender, peer, need - 1)
             last_need, at = peer.last_need
             if need < peer.next_index and not (need == last_need and now - at < self.s.retransmit):
                 peer.next_index = max(need, 1)
@@ -580,60 +618,58 @@ class Replica:
 
     # ------------------------------------------------------------------ backup side
 
-    def _on_append(self, msg: Append, now: float) -> None:
+    def _on_append(self, view: View, sender: int, prev: int, prev_view: int, commit: int, block: bytes, now: float) -> None:
+        """An append's fields (`codec.decode_append`): `block` holds its entries, packed."""
         if self.role is IDLE:
             # Until the view service has answered us we might not know any view at all (wiped);
             # adopting one from an append could let a deposed primary count us in its old view.
             return
-        view = msg.view
         if view is not self.view:  # the codec hands out one View object per view: often the same
             number = self.view.number
             if view.number < number:
-                self._send_reply(msg.sender, False, self.log.last_index + 1)  # fencing: tell it is stale
+                self._send_reply(sender, False, self.log.last_index + 1)  # fencing: tell it is stale
                 return
             if view.number > number:  # `_is_newer`, inlined: not IDLE here, so only a later view
                 self._adopt_view(view, now)
-        if msg.sender != self.view.primary or msg.sender == self.id:
+        if sender != self.view.primary or sender == self.id:
             return
         log_ = self.log
-        prev = msg.prev_index
-        block = msg.entries  # packed (protocol/entries.py): kept as it came, written as it came
+        # `block` is kept as it came and written to the WAL as it came (protocol/entries.py)
         count = len(block) // ENTRY_SIZE
         last = log_.last_index
-        if prev == last and log_.last_view == msg.prev_view:
+        if prev == last and log_.last_view == prev_view:
             # In step, the usual case: the block goes right after our last entry.
             if count:
                 log_.extend(block)
                 if self._unpersisted_from > prev + 1:
                     self._unpersisted_from = prev + 1
             matched = prev + count
-            commit = msg.commit_index  # _learn_commit, inlined: once per append
-            if commit > matched:
+            if commit > matched:  # _learn_commit, inlined: once per append
                 commit = matched
             if commit > self.commit_index:
                 self.commit_index = commit
-            self._send_reply(msg.sender, True, matched)
+            self._send_reply(sender, True, matched)
             return
         if prev > last:
-            self._send_reply(msg.sender, False, last + 1)
+            self._send_reply(sender, False, last + 1)
             return
         if prev < log_.base_index:
             # The part behind our snapshot is committed and identical: skip it.
             skip = log_.base_index - prev
             if skip >= count:
-                self._send_reply(msg.sender, True, log_.base_index)
+                self._send_reply(sender, True, log_.base_index)
                 return
             block = block[skip * ENTRY_SIZE :]
             count -= skip
             prev = log_.base_index
-        elif log_.view_at(prev) != msg.prev_view:
+        elif log_.view_at(prev) != prev_view:
             # Our entry at prev differs from the primary's: everything past our commit index is
             # suspect (committed entries are on every in-sync node), so drop it and ask from there.
             keep = min(self.commit_index, prev - 1)
             log_.truncate_from(keep + 1)
             self.outbox.persist.append(TruncateFrom(keep + 1))
             self._unpersisted_from = min(self._unpersisted_from, keep + 1)
-            self._send_reply(msg.sender, False, keep + 1)
+            self._send_reply(sender, False, keep + 1)
             return
         entry_view = VIEW.unpack_from
         for k in range(count):
@@ -646,8 +682,8 @@ class Replica:
             self._unpersisted_from = min(self._unpersisted_from, index)
             break
         matched = prev + count
-        self._learn_commit(min(msg.commit_index, matched))
-        self._send_reply(msg.sender, True, matched)
+        self._learn_commit(min(commit, matched))
+        self._send_reply(sender, True, matched)
 
     def _learn_commit(self, commit: int) -> None:
         """A backup only notes what the primary says is committed; it applies those entries at

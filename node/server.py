@@ -229,18 +229,17 @@ class NodeServer:
         self._bad_frame("client", f"{frames} frames without the REQ envelope")
 
     def _drain_replication(self, now: float) -> None:
-        core = self.core
-        decode = codec.decode
+        """The frames go to the core as they are: it decodes them (protocol/codec.py), and
+        raises ProtocolError, having done nothing, for one that does not decode."""
+        take = self.core.on_peer_frame
         blocked = self.blocked
         for data in recv_pending(self.repl_sock, DRAIN_LIMIT):
+            if blocked and codec.peek_sender(data) in blocked:
+                continue
             try:
-                msg = decode(data)
+                take(data, now)
             except ProtocolError as exc:
                 self._bad_frame("replication", str(exc))
-                continue
-            if blocked and getattr(msg, "sender", 0) in blocked:
-                continue
-            core.on_message(msg, now)
 
     def _drain_view_service(self, now: float) -> None:
         while True:

@@ -310,8 +310,8 @@ class Simulation:
             rep.on_view_reply(reply, self.now, out[1])
         elif isinstance(msg, ClientRequest):
             rep.on_client_request(("client", src[1]) if isinstance(src, tuple) else src, codec.encode(msg), self.now)
-        else:
-            rep.on_message(msg, self.now)
+        else:  # as the wire carries it: the core decodes what it gets
+            rep.on_peer_frame(codec.encode(msg), self.now)
         self._flush(dst)
 
     # ------------------------------------------------------------------ faults

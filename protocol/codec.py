@@ -71,6 +71,9 @@ __all__ = [
     "encode",
     "decode",
     "decode_request",
+    "decode_append",
+    "decode_append_reply",
+    "peek_sender",
     "REQUEST_FRAME",
     "LAPTOP_INFO_FRAME",
     "peek_kind",
@@ -591,7 +594,7 @@ def _dec_error_reply(data: _Buf, n: int) -> ErrorReply:
     return ErrorReply(req_id, error_code, hint, text)
 
 
-def _dec_append(data: _Buf, n: int) -> Append:
+def _append_fields(data: _Buf, n: int) -> tuple[View, int, int, int, int, bytes]:
     if n < 40:
         raise _truncated("Append", n, 40)
     (_, _, number, primary, mask, sender, prev_index, prev_view, commit_index, count) = (
@@ -616,7 +619,11 @@ def _dec_append(data: _Buf, n: int) -> Append:
     else:
         view = _make_view(number, primary, mask, "Append.view")
         _last_decoded_view[:] = (number, primary, mask, view)
-    return Append(view, sender, prev_index, prev_view, commit_index, entries)
+    return view, sender, prev_index, prev_view, commit_index, entries
+
+
+def _dec_append(data: _Buf, n: int) -> Append:
+    return Append(*_append_fields(data, n))
 
 
 # (number, primary, backups mask, View) of the last Append decoded: `_make_view`'s cache, without
@@ -624,7 +631,7 @@ def _dec_append(data: _Buf, n: int) -> Append:
 _last_decoded_view: list[Any] = [-1, -1, -1, None]
 
 
-def _dec_append_reply(data: _Buf, n: int) -> AppendReply:
+def _append_reply_fields(data: _Buf, n: int) -> tuple[int, int, bool, int, int]:
     if n != 24:
         _exact("AppendReply", n, 24)
     _, _, view_number, sender, ok, index, incarnation = _APPEND_REPLY.unpack_from(data)
@@ -632,7 +639,11 @@ def _dec_append_reply(data: _Buf, n: int) -> AppendReply:
         raise _node_error(sender, 1, "AppendReply.sender")
     if ok > 1:
         raise ProtocolError(f"AppendReply.ok is {ok}, must be 0 or 1")
-    return AppendReply(view_number, sender, ok == 1, index, incarnation)
+    return view_number, sender, ok == 1, index, incarnation
+
+
+def _dec_append_reply(data: _Buf, n: int) -> AppendReply:
+    return AppendReply(*_append_reply_fields(data, n))
 
 
 def _dec_snapshot_chunk(data: _Buf, n: int) -> SnapshotChunk:
@@ -795,6 +806,50 @@ def decode_request(data: bytes | memoryview) -> ClientRequest:
     if type(msg) is not ClientRequest:
         raise ProtocolError(f"expected a ClientRequest, got a {type(msg).__name__}")
     return msg
+
+
+def decode_append(data: bytes | memoryview) -> tuple[View, int, int, int, int, bytes]:
+    """An Append frame as the tuple of its fields (view, sender, prev_index, prev_view,
+    commit_index, entries), checked as `decode` checks it.  For the replica core: the appends
+    and acknowledgements are the replication traffic of a loaded cluster, a frame a loop turn on
+    every node, and it takes them apart with no message object in between."""
+    return _decode_kind(data, 10, _append_fields)
+
+
+def decode_append_reply(data: bytes | memoryview) -> tuple[int, int, bool, int, int]:
+    """An AppendReply frame as the tuple of its fields (view_number, sender, ok, index,
+    incarnation), checked as `decode` checks it (see `decode_append`)."""
+    return _decode_kind(data, 11, _append_reply_fields)
+
+
+def _decode_kind(data: Any, kind: int, fields: Callable[[_Buf, int], Any]) -> Any:
+    """`decode`'s checks and its defence in depth, for a frame that must be of `kind`."""
+    if type(data) is not bytes:
+        data = _as_buffer(data)
+    n = len(data)
+    if n > MAX_FRAME or n < 2 or data[0] != _V:
+        _header(data)  # raises the specific error
+    if data[1] != kind:
+        raise ProtocolError(f"expected a {Kind(kind).name} frame, got kind {data[1]}")
+    try:
+        return fields(data, n)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # defence in depth; see INTERNAL_FAILURE
+        raise ProtocolError(f"{INTERNAL_FAILURE} for kind {kind}: {exc!r}") from exc
+
+
+# Where the sender byte is: after the header and the view (number, primary, backups) in an Append
+# and a SnapshotChunk, after the header and the view number in an AppendReply.
+_SENDER_AT = {10: struct.calcsize("<BBIBQ"), 11: struct.calcsize("<BBI"), 12: struct.calcsize("<BBIBQ")}
+
+
+def peek_sender(data: bytes) -> int:
+    """The sender of a replication frame (Append, AppendReply, SnapshotChunk) without decoding
+    it; 0 for any other frame or one too short to say.  For a shell that drops what a node it is
+    cut off from sends (a simulated partition) before it reaches the core."""
+    at = _SENDER_AT.get(data[1]) if len(data) > 1 else None
+    return data[at] if at is not None and len(data) > at else 0
 
 
 def peek_kind(data: bytes | memoryview) -> int:
