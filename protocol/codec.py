@@ -830,7 +830,7 @@ def _decode_kind(data: Any, kind: int, fields: Callable[[_Buf, int], Any]) -> An
     if n > MAX_FRAME or n < 2 or data[0] != _V:
         _header(data)  # raises the specific error
     if data[1] != kind:
-        raise ProtocolError(f"expected a {Kind(kind).name} frame, got kind {data[1]}")
+        raise ProtocolError(f"expected an {Kind(kind).name} frame, got kind {data[1]}")
     try:
         return fields(data, n)
     except ProtocolError:

@@ -24,11 +24,14 @@ from protocol.codec import (
     Kind,
     ProtocolError,
     decode,
+    decode_append,
+    decode_append_reply,
     decode_json,
     decode_request,
     encode,
     encode_json,
     peek_kind,
+    peek_sender,
 )
 from protocol.entries import pack_entries, unpack_entries
 from protocol.messages import (
@@ -549,6 +552,58 @@ def test_decode_request_takes_requests_only():
         decode_request(encode(LaptopInfo(1, 2, 3, 1, 1, 1)))
     for frame in SAMPLE_FRAMES:
         _agrees_with_decode(frame)
+
+
+_FIELD_DECODERS = ((decode_append, Append, "APPEND"), (decode_append_reply, AppendReply, "APPEND_REPLY"))
+
+
+def _fields_agree_with_decode(data: bytes) -> None:
+    """decode_append / decode_append_reply (the replica core's decoders) give the fields of what
+    decode gives for their kind, and a ProtocolError -- decode's own one for a malformed frame --
+    for anything else, and peek_sender names the sender decode finds."""
+    try:
+        msg = decode(data)
+    except ProtocolError as exc:
+        msg, error = None, str(exc)
+    for fields, kind, name in _FIELD_DECODERS:
+        if msg is None:
+            with pytest.raises(ProtocolError) as caught:
+                fields(data)
+            if len(data) > 1 and data[1] == Kind[name]:
+                assert str(caught.value) == error
+        elif type(msg) is kind:
+            assert kind(*fields(data)) == msg
+        else:
+            with pytest.raises(ProtocolError, match=f"expected an {name} frame"):
+                fields(data)
+    if isinstance(msg, (Append, AppendReply, SnapshotChunk)):
+        assert peek_sender(data) == msg.sender
+
+
+def test_the_field_decoders_take_their_kind_only():
+    view = View(7, 1, frozenset({2, 3}))
+    append = Append(view, 1, 5, 6, 4, pack_entries([(7, 1, 2, 1), (7, 3, 4, 1)]))
+    assert decode_append(encode(append)) == (view, 1, 5, 6, 4, append.entries)
+    assert decode_append(memoryview(encode(append)))[5] == append.entries
+    assert decode_append_reply(encode(AppendReply(7, 2, True, 9, U64_MAX))) == (7, 2, True, 9, U64_MAX)
+    with pytest.raises(ProtocolError, match="AppendReply.ok is 2"):
+        decode_append_reply(struct.pack("<BBIBBQQ", PROTOCOL_VERSION, 11, 7, 2, 2, 9, 1))
+    with pytest.raises(ProtocolError, match="expected an APPEND frame, got kind 11"):
+        decode_append(encode(AppendReply(7, 2, True, 9, 1)))
+    assert peek_sender(encode(ClientRequest(1, 1, 2, 3))) == 0 and peek_sender(b"\x01") == 0
+    for frame in SAMPLE_FRAMES:
+        _fields_agree_with_decode(frame)
+
+
+@given(st.sampled_from(SAMPLE_FRAMES), st.data())
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+def test_fuzz_the_field_decoders_agree_with_decode(frame, data):
+    mutated = bytearray(frame)
+    pos = data.draw(st.integers(0, len(mutated) - 1))
+    mutated[pos] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        del mutated[data.draw(st.integers(0, len(mutated))):]
+    _fields_agree_with_decode(bytes(mutated))
 
 
 @given(st.sampled_from(SAMPLE_FRAMES), st.data())

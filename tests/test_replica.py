@@ -9,7 +9,7 @@ import pytest
 from node.replica import Replica, ReplicaSettings, Role
 from node.state import STALE, Log, OrderBook, order_key
 from node.storage import AppendEntries, CommitMark, Recovered, SnapshotRecord, TruncateFrom, ViewMark
-from protocol.codec import REQUEST_FRAME, decode, encode
+from protocol.codec import REQUEST_FRAME, ProtocolError, decode, encode
 from protocol.entries import count, pack_entries, unpack_entries
 from protocol.messages import (
     PROTOCOL_VERSION,
@@ -180,6 +180,55 @@ def test_a_turn_of_requests_in_one_call_does_what_one_call_each_does(seed):
             assert outs[0] == outs[1]
             assert one_each.book.records == batched.book.records
         now += 0.001
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_peer_frame_does_what_its_decoded_message_does(seed):
+    """`on_peer_frame` takes appends and acknowledgements apart itself: it must leave a node
+    exactly as `on_message` of the decoded message does, at a backup (appends in step, ahead,
+    behind, overlapping, of older and newer views) and at a primary (acks and refusals)."""
+    import random
+
+    rng = random.Random(seed)
+    frames, objects = make(2), make(2)
+    primaries = (make(1), make(1))
+    now = 0.01
+    for step in range(60):
+        if step % 10 == 0:  # orders in flight at the primaries, for the acks to be about
+            for rep in primaries:
+                rep.on_client_requests([("c", order(step, step, 0)), ("d", order(step + 1, step + 1, 0))], now)
+            assert drain(primaries[0], now) == drain(primaries[1], now)
+        frames_node, objects_node = rng.choice([(frames, objects), primaries])
+        if frames_node.id == 2:
+            last = frames_node.log.last_index
+            prev = max(0, last + rng.choice([0, 0, 0, -1, -2, 1]))
+            number = rng.choice([1, 1, 1, 2, 0])
+            view = View(number, 1, frozenset({2, 3})) if number else View(0, 0, frozenset())
+            entries = pack_entries([(number, rng.randrange(5), rng.randrange(9), 1) for _ in range(rng.randrange(4))])
+            prev_view = frames_node.log.view_at(prev) if rng.random() < 0.8 else 7
+            msg = Append(view, rng.choice([1, 1, 1, 3]), prev, max(prev_view, 0), rng.randrange(prev + 3), entries)
+        else:
+            msg = AppendReply(rng.choice([1, 1, 1, 0, 2]), rng.choice([2, 3]), rng.random() < 0.8,
+                              rng.randrange(frames_node.log.last_index + 2), rng.choice([102, 103, 9]))
+        frames_node.on_peer_frame(encode(msg), now)
+        objects_node.on_message(decode(encode(msg)), now)
+        assert drain(frames_node, now) == drain(objects_node, now)
+        for a, b in ((frames, objects), primaries):
+            assert (a.log.data, a.commit_index, a.view, a.role) == (b.log.data, b.commit_index, b.view, b.role)
+            assert [(p.next_index, p.match_index, p.incarnation, list(p.unacked)) for p in a.peers.values()] == \
+                [(p.next_index, p.match_index, p.incarnation, list(p.unacked)) for p in b.peers.values()]
+        now += 0.001
+
+
+def test_a_peer_frame_that_does_not_decode_raises_and_changes_nothing():
+    rep = make(2)
+    good = encode(Append(V1, 1, 0, 0, 0, pack_entries([(1, 10, 0, 1)])))
+    for bad in (good[:-1], good[:15] + bytes([0]) + good[16:], encode(AppendReply(1, 1, True, 1, 1))[:-1], b"\x01", b"\x01\x63"):
+        with pytest.raises(ProtocolError):
+            rep.on_peer_frame(bad, 0.0)
+        assert rep.log.last_index == 0 and drain(rep, 0.0) == ([], [], [])
+    rep.on_peer_frame(good, 0.0)
+    assert rep.log.last_index == 1
 
 
 def test_orders_past_the_in_flight_limit_are_refused_as_overloaded():
