@@ -53,6 +53,7 @@ class Settings:
     nodes_pairs: int = 10  # 2 and 5 nodes (cluster and relay) up at once, measured in rotation
     limit_pairs: int = 12  # relay/clusters measured back to back this many times (short points: a noisy
     limit_duration: float = 1.0  # neighbour hits both sides of a pair alike)
+    limit_epochs: int = 3  # ... spread over this many sets of freshly started relay and clusters
     peer_duration: float = 1.0
     open_loop_duration: float = 2.0
     failover_trials: int = 20
@@ -223,24 +224,34 @@ def exp_limit(s: Settings) -> None:
     # The headline compares the relay with the default cluster (`wal`).  A cluster that keeps
     # nothing on disk (`memory`), as the relay keeps nothing, is measured in the same rotation:
     # the two ratios apart are what the WAL's writes cost, the rest is the protocol's.
-    with Relay(3) as relay, Cluster(3) as cl, Cluster(3, durability="memory", label="3-node memory") as mem:
-        rp, cp, mp = relay.pids, cluster_pids(cl), cluster_pids(mem)
-        for rep in range(s.limit_pairs):
-            for customers in (100, 1):
-                # rotate which side goes first, so a drifting neighbour favours none
-                order = [("relay", relay, rp), ("cluster", cl, cp), ("cluster_memory", mem, mp)]
-                k = rep % len(order)
-                for name, target, pids in order[k:] + order[:k]:
-                    with others_paused(target, (relay, cl, mem)):
-                        r = lean_point(target, pids, customers, s.limit_duration, 0.3)
-                    runs[name][customers].append(r)
-                    log(f"limit r{rep} {name:14} lean {customers:>4} customers: {brief(r)}")
-        for rep in range(s.repeats):
-            for name, target, pids in (("relay", relay, rp), ("cluster", cl, cp)):
-                with others_paused(target, (relay, cl, mem)):
-                    r = engine_point(target, pids, 100, s.duration, s.warmup)
-                runs[f"{name}_loadgen"][100].append(r)
-                log(f"limit r{rep} {name:8} loadgen  100 customers: {brief(r)}")
+    # The rounds are spread over `limit_epochs` sets of fresh processes: one set of instances
+    # runs persistently faster or slower than another (three clusters of the same code, side by
+    # side, gave 0.79, 0.84 and 0.88 of one relay's throughput), so rounds of one instance alone
+    # would give an interval for that instance, not for the code.
+    epochs = max(1, min(s.limit_epochs, s.limit_pairs))
+    rep = 0
+    for epoch in range(epochs):
+        with Relay(3) as relay, Cluster(3) as cl, Cluster(3, durability="memory", label="3-node memory") as mem:
+            rp, cp, mp = relay.pids, cluster_pids(cl), cluster_pids(mem)
+            for _ in range(s.limit_pairs * (epoch + 1) // epochs - rep):
+                for customers in (100, 1):
+                    # rotate which side goes first, so a drifting neighbour favours none
+                    order = [("relay", relay, rp), ("cluster", cl, cp), ("cluster_memory", mem, mp)]
+                    k = rep % len(order)
+                    for name, target, pids in order[k:] + order[:k]:
+                        with others_paused(target, (relay, cl, mem)):
+                            r = lean_point(target, pids, customers, s.limit_duration, 0.3)
+                        r["instance"] = epoch
+                        runs[name][customers].append(r)
+                        log(f"limit e{epoch} r{rep} {name:14} lean {customers:>4} customers: {brief(r)}")
+                rep += 1
+            if epoch == epochs - 1:
+                for loadgen_rep in range(s.repeats):
+                    for name, target, pids in (("relay", relay, rp), ("cluster", cl, cp)):
+                        with others_paused(target, (relay, cl, mem)):
+                            r = engine_point(target, pids, 100, s.duration, s.warmup)
+                        runs[f"{name}_loadgen"][100].append(r)
+                        log(f"limit r{loadgen_rep} {name:8} loadgen  100 customers: {brief(r)}")
     # The peer, right after, in the same run (its idle tick threads would disturb the above).
     pso_settings = {}
     for cname, conf in pso_configs.items():
@@ -256,7 +267,7 @@ def exp_limit(s: Settings) -> None:
     summary = {name: {str(c): agg(v) for c, v in by_c.items()} for name, by_c in runs.items()}
     R, C, M = runs["relay"], runs["cluster"], runs["cluster_memory"]
     limit = {
-        "settings": {**asdict(s), "nodes": 3, "customers": [100, 1], "pairs": s.limit_pairs,
+        "settings": {**asdict(s), "nodes": 3, "customers": [100, 1], "pairs": s.limit_pairs, "instances": epochs,
                      "point_seconds": s.limit_duration, "warmup_seconds": 0.3,
                      "client": "lean driver (bench/driver.py), one process; loadgen rows: loadgen.client.ClientEngine",
                      "cluster_config": "built-in defaults (durability wal)"},

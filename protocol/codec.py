@@ -606,7 +606,9 @@ def _append_fields(data: _Buf, n: int) -> tuple[View, int, int, int, int, bytes]
             if n < need:
                 raise _truncated("Append", n, need, f" for {count} entries")
             raise _trailing("Append", n, need)
-        entries = bytes(data[40:])  # kept packed: the log and the WAL hold the same layout
+        # Kept packed: the log and the WAL hold the same layout.  A slice of bytes is bytes;
+        # only a bytearray's or a memoryview's needs the copy.
+        entries = data[40:] if type(data) is bytes else bytes(data[40:])
     else:
         if n != 40:
             raise _trailing("Append", n, 40)
@@ -827,9 +829,8 @@ def _decode_kind(data: Any, kind: int, fields: Callable[[_Buf, int], Any]) -> An
     if type(data) is not bytes:
         data = _as_buffer(data)
     n = len(data)
-    if n > MAX_FRAME or n < 2 or data[0] != _V:
-        _header(data)  # raises the specific error
-    if data[1] != kind:
+    if n > MAX_FRAME or n < 2 or data[0] != _V or data[1] != kind:
+        _header(data)  # raises the specific error for a malformed header
         raise ProtocolError(f"expected an {Kind(kind).name} frame, got kind {data[1]}")
     try:
         return fields(data, n)
@@ -839,8 +840,6 @@ def _decode_kind(data: Any, kind: int, fields: Callable[[_Buf, int], Any]) -> An
         raise ProtocolError(f"{INTERNAL_FAILURE} for kind {kind}: {exc!r}") from exc
 
 
-# Where the sender byte is: after the header and the view (number, primary, backups) in an Append
-# and a SnapshotChunk, after the header and the view number in an AppendReply.
 _SENDER_AT = {10: struct.calcsize("<BBIBQ"), 11: struct.calcsize("<BBI"), 12: struct.calcsize("<BBIBQ")}
 
 
