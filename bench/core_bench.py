@@ -1,10 +1,10 @@
 """CPU cost of the protocol code itself: a primary and two backups in one process, no sockets.
 
-Every message goes through the real codec (encode + decode; the core itself takes the client's
-request frames apart and packs its replies), so the figure is what the replica
-core and the codec cost per order on the hot path, apart from ZeroMQ, the kernel and the WAL
-(bench/storage_bench.py measures that).  It is timed
-with process CPU time, which a busy machine disturbs far less than wall-clock throughput.
+Every message goes through the real codec: it is encoded, and the core takes the frame as the
+node hands it over (it decodes clients' and peers' frames itself, and packs its replies), so
+the figure is what the replica core and the codec cost per order on the hot path, apart from
+ZeroMQ, the kernel and the WAL (bench/storage_bench.py measures that).  It is timed with
+process CPU time, which a busy machine disturbs far less than wall-clock throughput.
 
 Usage: python bench/core_bench.py [--orders 200000] [--batch 100] [--repeats 5]
 Writes bench/results/core.json.
@@ -41,7 +41,7 @@ def run(orders: int, batch: int) -> float:
         rep.on_view_reply(ViewReply(view), 0.0, sent_at=0.0)
         rep.flush(0.0).clear()
     primary = nodes[1]
-    encode, decode = codec.encode, codec.decode
+    encode = codec.encode
     frames = [encode(ClientRequest(i, 1, i % 1000, i)) for i in range(orders)]
     now = 0.001
     answered = 0
@@ -56,7 +56,7 @@ def run(orders: int, batch: int) -> float:
             answered += len(out.replies)  # frames, ready to send
             wakes = set()
             for peer, msg in (*out.replicate, *out.messages):
-                nodes[peer].on_message(decode(encode(msg)), now)
+                nodes[peer].on_peer_frame(encode(msg), now)  # as the node hands a frame to its core
                 wakes.add(peer)
             out.clear()
             pending.extend((p, nodes[p]) for p in sorted(wakes))
