@@ -788,11 +788,17 @@ def decode(data: bytes | memoryview) -> Message:
         decoder = _DECODERS[kind]
     except KeyError:
         raise ProtocolError(f"unknown message kind {kind}") from None
+    return _checked(decoder, data, n, kind)
+
+
+def _checked(decoder: Callable[[_Buf, int], Any], data: _Buf, n: int, kind: int) -> Any:
+    """One kind's decoder, run as a shell needs it: anything it raises but a ProtocolError is a
+    gap in its checks (defence in depth; see INTERNAL_FAILURE), and comes out a ProtocolError."""
     try:
         return decoder(data, n)
     except ProtocolError:
         raise
-    except Exception as exc:  # defence in depth; see INTERNAL_FAILURE
+    except Exception as exc:
         raise ProtocolError(f"{INTERNAL_FAILURE} for kind {kind}: {exc!r}") from exc
 
 
@@ -825,19 +831,14 @@ def decode_append_reply(data: bytes | memoryview) -> tuple[int, int, bool, int, 
 
 
 def _decode_kind(data: Any, kind: int, fields: Callable[[_Buf, int], Any]) -> Any:
-    """`decode`'s checks and its defence in depth, for a frame that must be of `kind`."""
+    """`decode`'s checks, for a frame that must be of `kind`."""
     if type(data) is not bytes:
         data = _as_buffer(data)
     n = len(data)
     if n > MAX_FRAME or n < 2 or data[0] != _V or data[1] != kind:
         _header(data)  # raises the specific error for a malformed header
         raise ProtocolError(f"expected an {Kind(kind).name} frame, got kind {data[1]}")
-    try:
-        return fields(data, n)
-    except ProtocolError:
-        raise
-    except Exception as exc:  # defence in depth; see INTERNAL_FAILURE
-        raise ProtocolError(f"{INTERNAL_FAILURE} for kind {kind}: {exc!r}") from exc
+    return _checked(fields, data, n, kind)
 
 
 _SENDER_AT = {10: struct.calcsize("<BBIBQ"), 11: struct.calcsize("<BBI"), 12: struct.calcsize("<BBIBQ")}
