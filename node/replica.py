@@ -1,10 +1,11 @@
 """The replica protocol as a pure state machine (sans-IO).
 
-Events go in (`on_client_requests`, `on_message`, `on_view_reply`, `on_tick`), and `flush` turns
-what they changed into an `Outbox`: records to persist, messages to peers, replies to clients.
-Clients are spoken to in their wire frames (protocol/codec.py), which come in as they came off
-the socket and go out ready to send; peers and the view service in message objects.  No
-sockets, clocks or threads: `now` is always passed in.  That is what lets the deterministic
+Events go in (`on_client_requests`, `on_peer_frame`, `on_view_reply`, `on_tick`), and `flush`
+turns what they changed into an `Outbox`: records to persist, messages to peers, replies to
+clients.  What clients and peers send comes in as wire frames (protocol/codec.py), as it came off
+the sockets, and replies to clients go out as frames ready to send; messages to peers and to the
+view service are objects the shell encodes.  No sockets, clocks or threads: `now` is always
+passed in.  That is what lets the deterministic
 simulator run N replicas in one process and check the invariants after every step.
 
 Protocol summary (see docs/architecture.md for the safety argument):
@@ -62,8 +63,8 @@ from protocol.messages import (
 
 log = logging.getLogger("node.replica")
 ORDER = int(RequestType.ORDER)
-# The kinds of an order's frames as plain ints, read once per order (an IntEnum member costs an
-# attribute lookup and a comparison through int's).
+# Frame kinds as plain ints, read once per order or frame (an IntEnum member costs an attribute
+# lookup and a comparison through int's).
 _REQUEST = int(Kind.CLIENT_REQUEST)
 _LAPTOP_INFO = int(Kind.LAPTOP_INFO)
 _APPEND = int(Kind.APPEND)
