@@ -841,6 +841,8 @@ def _decode_kind(data: Any, kind: int, fields: Callable[[_Buf, int], Any]) -> An
     return _checked(fields, data, n, kind)
 
 
+# Where the sender byte is: after the header and the view (number, primary, backups) in an Append
+# and a SnapshotChunk, after the header and the view number in an AppendReply.
 _SENDER_AT = {10: struct.calcsize("<BBIBQ"), 11: struct.calcsize("<BBI"), 12: struct.calcsize("<BBIBQ")}
 
 
