@@ -59,7 +59,12 @@ class SimConfig:
     max_delay: float = 0.004
     durability: str = "wal"  # "wal": storage survives a crash; "memory": a crash loses it
     snapshot_every: int = 40
-    faults: tuple[str, ...] = ("crash", "restart", "wipe", "pause", "resume", "partition", "heal")
+    # "restart_service": the supervisor restarts and its view service comes back from what it
+    # persisted, the nodes running on; "restart_cluster": `lfctl down`, then `up` (every node a
+    # new process with what its disk holds).  Not under "memory", whose supervisor starts anew.
+    faults: tuple[str, ...] = (
+        "crash", "restart", "wipe", "pause", "resume", "partition", "heal", "restart_service", "restart_cluster",
+    )
     settings: ReplicaSettings = field(
         default_factory=lambda: ReplicaSettings(
             heartbeat=0.05, lease=0.4, failure_timeout=0.5, retransmit=0.1, batch_max_entries=8, snapshot_every=40,
@@ -355,6 +360,21 @@ class Simulation:
         elif kind == "heal":
             self.cut.clear()
             self._log("partition healed")
+        elif kind == "restart_service" and self.cfg.durability != "memory":
+            self._restart_service()
+        elif kind == "restart_cluster" and self.cfg.durability != "memory":
+            for n in live:
+                self._crash(n, noticed=False)  # a node stopped mid-run keeps what it wrote, as a crash does
+            self._restart_service()
+            for n in self.ids:
+                self._start(n)
+
+    def _restart_service(self) -> None:
+        """The supervisor persists the view service's state before any reply carries it, so a
+        new one starts from exactly the state the old one had."""
+        self.vs = ViewService(self.ids, failure_timeout=self.settings.failure_timeout, persisted=self.vs.to_json(), now=self.now)
+        self._log("view service restarted")
+        self._check_vs()
 
     def _others_hold_data(self, n: int) -> bool:
         """Wiping the last in-sync copy loses data by definition; the invariants assume one stays.

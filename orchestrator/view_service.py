@@ -68,15 +68,23 @@ class ViewService:
         # The incarnation each member had when it was admitted; a different one means it restarted.
         self.member_incarnation: dict[int, int] = {}
         self.view = NO_VIEW
+        # Preferred among equals when a primary is chosen again: the one that was serving.
+        self.previous_primary = NO_NODE
         if isinstance(persisted, View):
             persisted = {"view": view_to_json(persisted)}
         if persisted:
             old = view_from_json(persisted["view"])
             self.member_incarnation = {int(k): int(v) for k, v in persisted.get("incarnations", {}).items()}
             if old.number > 0:
-                # A restarted service bumps the view, so whoever is primary re-syncs its backups
-                # before serving, exactly as after any other view change.
-                self._set_view(View(old.number + 1, old.primary, old.backups), "view service restarted", now)
+                # The members may have restarted with the service (`lfctl down`, then `up`), and
+                # then none of them is the process that was admitted.  Judged one ping at a
+                # time, each would be taken for failed in turn and the primary would hop from
+                # node to node.  So the service first publishes a view without a primary (no
+                # process of the old view may serve from it) and chooses once it has heard
+                # every member, or after one failure timeout (`_recover_without_primary`).
+                self.previous_primary = old.primary
+                reason = f"view service restarted: waiting to hear from the members of view {old.number}"
+                self._set_view(View(old.number + 1, NO_NODE, old.members), reason, now)
 
     # ------------------------------------------------------------------ persistence
 
@@ -147,12 +155,9 @@ class ViewService:
         return now - max(seen.last_seen, self.started_at) < self.failure_timeout
 
     def _in_sync(self, node_id: int, now: float) -> bool:
-        """Alive, and the same process that was admitted to the view.  A member not heard from
-        since this service (re)started gets one failure timeout of benefit of the doubt."""
+        """Alive, and the same process that was admitted to the view."""
         seen = self.seen.get(node_id)
-        if seen is None:
-            return node_id in self.member_incarnation and now - self.started_at < self.failure_timeout
-        return self.is_alive(node_id, now) and self.member_incarnation.get(node_id) == seen.incarnation
+        return seen is not None and self.is_alive(node_id, now) and self.member_incarnation.get(node_id) == seen.incarnation
 
     def _learners(self, now: float) -> frozenset[int]:
         members = self.view.members
@@ -211,6 +216,7 @@ class ViewService:
                 # whose data we still need, so that no other process of the old primary can
                 # ever read "you are primary" from it; wait for one of them to come back.
                 reasons.append(f"primary {primary} failed and no in-sync backup is left: waiting for a member to return")
+                self.previous_primary = primary
                 self._set_view(View(view.number + 1, NO_NODE, view.members), "; ".join(reasons), now)
                 self._recover_without_primary(now)
                 return
@@ -220,20 +226,37 @@ class ViewService:
     def _recover_without_primary(self, now: float) -> None:
         """The view has no primary; its members are the nodes that may hold acknowledged data.
         One that is still the admitted process, or that restarted with its log recovered from
-        disk, holds everything it acknowledged and may serve; anyone else would lose data."""
+        disk, holds everything it acknowledged and may serve; anyone else would lose data.
+
+        Members still in sync stay backups of the new primary: every commit of the view they
+        were admitted to waited for them.  A member that restarted rejoins as a learner, since
+        the new primary may hold entries it lacks.  For one failure timeout after the service
+        (re)started, it waits to hear every member, so that the choice is made once, among
+        all of them, and not by whichever process happened to start first."""
         view = self.view
-        heard = [n for n in view.backups if n in self.seen]  # the benefit of the doubt is not enough to serve
-        able = [n for n in heard if self._in_sync(n, now)]
-        reason = "member {} is back in sync"
-        if not able:
-            able = [n for n in heard if self.is_alive(n, now) and self.seen[n].ping.durable]
-            reason = "member {} recovered its log from disk"
-        if not able:
+        heard = [n for n in view.backups if n in self.seen]
+        if len(heard) < len(view.backups) and now - self.started_at < self.failure_timeout:
             return
-        new = max(able, key=lambda n: (self._log_rank(n), -n))
-        self.member_incarnation[new] = self.seen[new].incarnation
-        # The others rejoin as learners: the new primary may hold entries they lack.
-        self._set_view(View(view.number + 1, new, frozenset()), reason.format(new), now)
+        in_sync = [n for n in heard if self._in_sync(n, now)]
+        if in_sync:
+            new = max(in_sync, key=self._candidate_rank)
+            backups = frozenset(in_sync) - {new}
+            reason = f"member {new} is back in sync"
+        else:
+            able = [n for n in heard if self.is_alive(n, now) and self.seen[n].ping.durable]
+            if not able:
+                return
+            new = max(able, key=self._candidate_rank)
+            backups = frozenset()
+            reason = f"member {new} recovered its log from disk"
+            self.member_incarnation[new] = self.seen[new].incarnation
+        if backups:
+            reason += f", with {', '.join(str(b) for b in sorted(backups))} in sync"
+        self._set_view(View(view.number + 1, new, backups), reason, now)
+
+    def _candidate_rank(self, node: int) -> tuple[tuple[int, int], bool, int]:
+        """The longest log first; among equal logs the primary that was serving, then the lowest id."""
+        return (self._log_rank(node), node == self.previous_primary, -node)
 
     def _bootstrap(self, now: float) -> None:
         """First view: wait for every configured node, or one timeout after start for some."""

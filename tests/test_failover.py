@@ -222,11 +222,20 @@ def test_wiped_backup_catches_up_through_a_snapshot_on_disk(cluster_factory, tmp
 
 
 def test_down_and_up_keeps_every_record(cluster: ClusterHandle):
+    """And keeps the primary: every node comes back as a new process, which must not be taken
+    for one failure after another (the view service hears them all, then chooses once)."""
     assert_load_clean(BackgroundLoad(cluster).join())
     before = dumps(cluster, [1, 2, 3])
+    primary = cluster.status()["view"]["primary"]
     assert cluster.lfctl("down").returncode == 0
     result = cluster.up()
     assert result.returncode == 0, result.stdout + result.stderr
     assert_converged(cluster)
     after = dumps(cluster, [1, 2, 3])
     assert {d["digest"] for d in after.values()} == {before[1]["digest"]}
+    status = cluster.status()
+    assert status["view"]["primary"] == primary
+    assert status["stats"]["failovers"] == 0
+    log = (cluster.data_dir / "supervisor.log").read_text()
+    since_up = log[log.rindex("view service restarted"):]
+    assert "failed" not in since_up, since_up

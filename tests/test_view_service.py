@@ -103,18 +103,59 @@ def test_no_in_sync_node_left_gives_a_view_without_primary_until_a_durable_membe
     assert reply.view == View(4, 1, frozenset())
 
 
-def test_restart_of_the_service_bumps_the_view_and_keeps_incarnations():
-    vs = started()
-    saved = vs.to_json()
-    again = ViewService([1, 2, 3], failure_timeout=FT, persisted=saved, now=100.0)
-    assert again.view == View(2, 1, frozenset({2, 3}))
-    again.on_tick(100.1)  # nobody heard from yet: within the grace period nothing changes
+def restarted_service(now: float = 100.0) -> ViewService:
+    """A service restarted from what `started()` persisted: view 1, primary 1, backups 2 and 3."""
+    again = ViewService([1, 2, 3], failure_timeout=FT, persisted=started().to_json(), now=now)
+    assert again.view == View(2, NO_NODE, frozenset({1, 2, 3}))
+    return again
+
+
+def test_restart_of_the_service_alone_keeps_the_primary_and_its_in_sync_backups():
+    again = restarted_service()
+    again.on_tick(100.1)
     assert again.view.number == 2
-    again.on_ping(ping(2, view=1), 100.2)  # same process as before: still in sync
-    again.on_ping(ping(3, inc=42, view=0), 100.2)  # a new process: out
-    assert again.view == View(3, 1, frozenset({2}))
-    again.on_tick(100.0 + FT + 0.01)  # the primary never came back: promote the in-sync backup
-    assert again.view == View(4, 2, frozenset())
+    again.on_ping(ping(3, view=1), 100.2)  # the very processes admitted before
+    again.on_ping(ping(2, view=1), 100.2)
+    assert again.view.number == 2, "chose before hearing every member"
+    reply = again.on_ping(ping(1, view=1), 100.25)
+    assert reply.view == View(3, 1, frozenset({2, 3}))
+    assert reply.learners == frozenset()
+
+
+def test_restart_of_the_whole_cluster_chooses_once_and_keeps_the_primary():
+    """`lfctl down`, then `up`: every member is a new process with its log from disk.  Taken one
+    ping at a time, each would be declared failed in turn and the primary would hop."""
+    again = restarted_service()
+    for n in (3, 2):  # node 1 happens to start last
+        again.on_ping(ping(n, inc=900 + n, last=12, last_view=1), 100.2)
+        assert again.view.number == 2
+    reply = again.on_ping(ping(1, inc=901, last=12, last_view=1), 100.3)
+    assert reply.view == View(3, 1, frozenset())
+    assert reply.learners == frozenset({2, 3})
+    assert again.member_incarnation == {1: 901}
+    # The primary brings both up to its log and has them admitted in one view change.
+    reply = again.on_ping(ping(1, inc=901, view=3, add=[(2, 902), (3, 903)]), 100.4)
+    assert reply.view == View(4, 1, frozenset({2, 3}))
+    assert not [c.reason for c in again.changes if "failed" in c.reason]
+
+
+def test_after_a_restart_the_longest_log_wins_and_a_wiped_member_never_serves():
+    again = restarted_service()
+    again.on_ping(ping(1, inc=901, last=99, last_view=2, durable=False), 100.2)  # wiped: its log is no evidence
+    again.on_ping(ping(2, inc=902, last=12, last_view=1), 100.2)
+    again.on_ping(ping(3, inc=903, last=13, last_view=1), 100.2)
+    assert again.view == View(3, 3, frozenset())
+
+
+def test_after_a_restart_a_member_that_never_returns_is_waited_for_one_failure_timeout():
+    again = restarted_service()
+    again.on_ping(ping(2, view=1), 100.2)  # the same process as before: in sync
+    again.on_ping(ping(3, inc=42, view=0), 100.2)  # a new process
+    again.on_tick(100.0 + FT - 0.01)
+    assert again.view.number == 2
+    again.on_tick(100.0 + FT + 0.01)  # the primary never came back: the in-sync member serves
+    assert again.view == View(3, 2, frozenset())
+    assert again.changes[-1].reason == "member 2 is back in sync"
 
 
 def test_restart_of_the_service_with_no_primary_and_nobody_heard_from_does_not_crash():
