@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -53,6 +54,25 @@ def cpu(a: dict, names: tuple[str, ...]) -> str:
         if keys:
             parts.append(" / ".join(f"{c[k]['median']:.0f}" for k in keys))
     return " · ".join(parts) if parts else "–"
+
+
+def thread_split(d: dict) -> str:
+    """The limit's CPU per write at 100 customers split into each process's event-loop thread
+    and the rest, relay against lfctl ('' for results written before the split was measured)."""
+    parts = []
+    for label, prefix in (("primary", "primary"), ("each backup", "backup"), ("client", "client")):
+        pair = []
+        for name in ("relay", "cluster"):
+            a = d[name]["100"]
+            total, loop = a.get("cpu_us_per_op", {}), a.get("loop_cpu_us_per_op")
+            keys = [k for k in total if k.startswith(prefix)]
+            if not loop or not keys:
+                return ""
+            t = statistics.mean(total[k]["median"] for k in keys)
+            m = statistics.mean(loop[k]["median"] for k in keys)
+            pair.append(f"{m:.1f} + {t - m:.1f}")
+        parts.append(f"{label} {pair[0]} against {pair[1]} µs")
+    return "; ".join(parts)
 
 
 def others(a: dict) -> str:
@@ -129,6 +149,10 @@ def section_limit() -> list[str]:
         f"lfctl {mmm(r['server_cpu_us_per_write_100']['cluster'], ' µs')}: **lfctl / relay = {r['server_cpu_per_write_cluster_over_relay']}** "
         f"(the figure least disturbed by neighbours; throughput follows the loaded round trip, see 'What limits').",
     ]
+    split = thread_split(d)
+    if split:
+        out.append(f"- the same CPU per write by thread, event loop (all the Python) + the rest (ZeroMQ's I/O thread), "
+                   f"relay against lfctl: {split}.")
     wake = r.get("client_replies_per_wake_100")
     if wake:
         out.append(f"- replies the lean client read per wake-up at 100 customers: relay {mmm(wake['relay'], digits=1)}, "

@@ -127,6 +127,8 @@ def agg(runs: list[dict]) -> dict:
         names = cpu[0]["cpu_us_per_op"].keys()
         out["cpu_us_per_op"] = {n: stats([c["cpu_us_per_op"].get(n, 0) for c in cpu]) for n in names}
         out["cpu_percent"] = {n: stats([c["cpu_percent"].get(n, 0) for c in cpu]) for n in names}
+        if all("loop_cpu_us_per_op" in c for c in cpu):
+            out["loop_cpu_us_per_op"] = {n: stats([c["loop_cpu_us_per_op"].get(n, 0) for c in cpu], 2) for n in names}
         out["others_cpu_percent"] = stats([c["others_cpu_percent"] for c in cpu])
     changed = [r["view_changed"] for r in runs if r.get("view_changed")]
     if changed:

@@ -63,3 +63,44 @@ def test_steal_percent_is_the_stolen_share_of_all_cpu_time() -> None:
     after = times(40, 0, 15, 110, 0, 0, 0, 35, 9)  # +30 user, +10 system, +30 idle, +30 stolen
     assert suite.steal_percent(before, after) == 30.0
     assert suite.steal_percent(after, after) == 0.0
+
+
+BURNER = """
+import sys, threading, time
+def burn(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+worker = threading.Thread(target=burn, args=(0.3,)) if sys.argv[1] == "worker" else None
+if worker:
+    worker.start()
+    worker.join()
+else:
+    burn(0.15)
+print("done", flush=True)
+sys.stdin.read()  # stay alive (idle) until the test has read the times
+"""
+
+
+@pytest.mark.parametrize("where", ["main", "worker"])
+def test_cpu_meter_tells_the_event_loop_thread_from_the_others(where: str) -> None:
+    """The limit's CPU per write is split into each process's main thread (the event loop and
+    all the Python) and the rest (ZeroMQ's I/O thread): CPU burnt in another thread must not be
+    counted as the loop's, and CPU burnt in the main thread must be."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import CpuMeter  # noqa: PLC0415
+
+    proc = subprocess.Popen([sys.executable, "-c", BURNER, where], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        meter = CpuMeter({"burner": proc.pid}).start()
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "done"
+        got = meter.stop(ops=1000)  # µs per op = milliseconds
+        total, loop = got["cpu_us_per_op"]["burner"], got["loop_cpu_us_per_op"]["burner"]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert total > 100
+    if where == "main":
+        assert loop >= 0.8 * total, (loop, total)
+    else:
+        assert loop < 0.2 * total, (loop, total)
