@@ -158,7 +158,7 @@ class Replica:
     __slots__ = (
         "id", "s", "incarnation", "durable", "outbox", "view", "role", "learners", "log", "book", "snapshot",
         "applied_index", "commit_index", "_persisted_commit", "_ticks_since_mark", "_unpersisted_from", "ops",
-        "peers", "pending_add", "pending_add_view", "waiters", "pending_keys", "parked_reads", "view_start_index",
+        "peers", "pending_add", "pending_add_view", "inflight", "waiters", "pending_keys", "parked_reads", "view_start_index",
         "lease_until", "_last_tick", "regressed", "lagging", "_replicated_last", "_replicate_due", "_commit_due",
         "_incoming", "bad_requests",
     )
@@ -192,8 +192,11 @@ class Replica:
         self.peers: dict[int, _Peer] = {}
         self.pending_add: dict[int, int] = {}  # learner -> incarnation, counted for commits
         self.pending_add_view = 0  # the view number in which the addition was requested
-        # log index -> (its order key, [(client, the LaptopInfo frame if this node accepts it)])
-        self.waiters: dict[int, tuple[int, list[tuple[object, bytes]]]] = {}
+        # The entries not yet committed, a loop turn's at a time: (first index, the answer to
+        # each entry's order -- its client and the LaptopInfo frame if this node's acceptance
+        # stands -- or None for a previous primary's entries, each entry's order key).
+        self.inflight: deque[tuple[int, list[tuple[object, bytes]] | None, list[int]]] = deque()
+        self.waiters: dict[int, list[tuple[object, bytes]]] = {}  # log index -> retries waiting on it
         self.pending_keys: dict[int, int] = {}  # order key -> log index, for entries not yet applied
         self.parked_reads: list[tuple[object, ClientRequest]] = []
         self.view_start_index = 0  # reads wait until this is committed in the current primaryship
@@ -225,7 +228,8 @@ class Replica:
         again).  A request object and a reply object per order, decoded and encoded by the
         shell, cost the loaded primary ~2 µs a write of its ~13 (docs/performance.md).  The
         orders are taken in one loop, and the turn's entries go to the log as one block, which
-        `flush` persists and replicates as it is (`Log.slice` hands the same block back).
+        `flush` persists and replicates as it is (`Log.slice` hands the same block back); their
+        replies wait as one list (`inflight`), not a waiter per entry.
         Anything but a well-formed order at a primary goes through `_request`."""
         if self.role is not PRIMARY:
             for client, frame in batch:
@@ -242,7 +246,10 @@ class Replica:
         unpack = REQUEST_FRAME.unpack
         reply_to = LAPTOP_INFO_FRAME.pack
         index = self.log.last_index
+        committed = self.commit_index
         block: list[bytes] = []
+        answers: list[tuple[object, bytes]] = []
+        keys: list[int] = []
         try:
             for client, frame in batch:
                 try:
@@ -263,22 +270,26 @@ class Replica:
                 key = ((customer & 0xFFFFFFFF) << 32) | (order & 0xFFFFFFFF)  # order_key, inlined: hot
                 waiting_at = pending.get(key)
                 if waiting_at is not None:  # a retry of an order still in flight: wait with it
-                    waiting = waiters.get(waiting_at)
                     answer = (client, reply_to(PROTOCOL_VERSION, _LAPTOP_INFO, req_id, customer, order, ORDER, me, me))
-                    if waiting is None:  # an entry of the previous primary's
-                        waiters[waiting_at] = (key, [answer])
+                    waiting = waiters.get(waiting_at)
+                    if waiting is None:
+                        waiters[waiting_at] = [answer]
                     else:
-                        waiting[1].append(answer)
+                        waiting.append(answer)
                     continue
-                if len(pending) >= limit:
+                if index - committed >= limit:
                     self._reply(client, ErrorReply(req_id, ErrorCode.OVERLOADED, NO_NODE, "too many orders in flight"))
                     continue
-                block.append(pack(view, customer, order, me))  # raises before any state changes
+                # Both packs raise, if at all, before any state changes.
+                answer = (client, reply_to(PROTOCOL_VERSION, _LAPTOP_INFO, req_id, customer, order, ORDER, me, me))
+                block.append(pack(view, customer, order, me))
                 index += 1
                 pending[key] = index
-                waiters[index] = (key, [(client, reply_to(PROTOCOL_VERSION, _LAPTOP_INFO, req_id, customer, order, ORDER, me, me))])
-        finally:  # what was packed has its waiters: it goes to the log, even past an error
+                keys.append(key)
+                answers.append(answer)
+        finally:  # what was packed has its answers: it goes to the log, even past an error
             if block:
+                self.inflight.append((index - len(block) + 1, answers, keys))
                 self.log.extend(block[0] if len(block) == 1 else b"".join(block))
 
     def on_client_request(self, client: object, frame: bytes, now: float) -> None:
@@ -785,22 +796,30 @@ class Replica:
         self.lagging.clear()
         self.lease_until = -1.0
         self.view_start_index = self.log.last_index
+        self.inflight = deque()
         self.waiters = {}
         self.parked_reads = []
         self.pending_keys = {}
         first = self.applied_index + 1
         if first <= self.log.last_index:
+            keys = []
             for index, (_v, customer, order, _e) in enumerate(ENTRY.iter_unpack(self.log.slice(first, self.log.last_index)), first):
-                self.pending_keys.setdefault(order_key(customer, order), index)
+                key = order_key(customer, order)
+                self.pending_keys.setdefault(key, index)
+                keys.append(key)
+            self.inflight.append((first, None, keys))
 
     def _step_down(self) -> None:
         hint = self.view.primary if self.view.primary != self.id else NO_NODE
-        for _key, waiting in self.waiters.values():
-            for client, frame in waiting:
-                req_id = LAPTOP_INFO_FRAME.unpack(frame)[2]
-                self._reply(client, ErrorReply(req_id, ErrorCode.NOT_PRIMARY, hint, "primary changed"))
+        waiting = [answer for _start, answers, _keys in self.inflight for answer in answers or ()]
+        for retries in self.waiters.values():
+            waiting += retries
+        for client, frame in waiting:
+            req_id = LAPTOP_INFO_FRAME.unpack(frame)[2]
+            self._reply(client, ErrorReply(req_id, ErrorCode.NOT_PRIMARY, hint, "primary changed"))
         for client, req in self.parked_reads:
             self._reply(client, ErrorReply(req.req_id, ErrorCode.NOT_PRIMARY, hint, "primary changed"))
+        self.inflight = deque()
         self.waiters = {}
         self.parked_reads = []
         self.pending_keys = {}
@@ -816,8 +835,8 @@ class Replica:
         if commit >= first:
             block = self.log.slice(first, commit)
             accepted = self.book.apply_all(block)
-            if self.pending_keys or self.waiters:  # a primary: answer whoever waits on these
-                self._answer_committed(first, block, accepted)
+            if self.inflight or self.waiters:  # a primary: answer whoever waits on these
+                self._answer_committed(first, accepted)
         if commit > self.applied_index:
             self.applied_index = commit
         if self.parked_reads and commit >= self.view_start_index and self.role is PRIMARY:
@@ -825,37 +844,55 @@ class Replica:
             for client, req in parked:
                 self._answer_read(client, req)
 
-    def _answer_committed(self, first: int, block: bytes, accepted: list[int]) -> None:
-        """Reply to the clients waiting on the entries from `first` on (`block`, and what
-        `OrderBook.apply_all` made of each).  An order accepted by this node is answered with
-        the frames packed when its requests came in (`on_client_requests`), as they are; only an
-        order that turned out stale, or that another primary accepted first, is answered anew.
-        An entry no one waits on (one a previous primary appended) is unpacked for its key."""
+    def _answer_committed(self, first: int, accepted: list[int]) -> None:
+        """Reply to the clients waiting on the entries from `first` on (what
+        `OrderBook.apply_all` made of each is `accepted`).  A turn's orders, accepted by this
+        node as it took them (nearly always), are answered with the frames packed when they came
+        in, all at once; only an order that turned out stale, or that another primary accepted
+        first, is answered anew, and so is a retry that waited on an entry."""
         pending = self.pending_keys
-        waiters = self.waiters
+        inflight = self.inflight
         replies = self.outbox.replies
         me = self.id
+        last = first + len(accepted) - 1
         answered = 0
-        for index, engineer in enumerate(accepted, first):
-            entry = waiters.pop(index, None)
-            if entry is not None:
-                key, waiting = entry
+        while inflight and inflight[0][0] <= last:
+            start, answers, keys = inflight.popleft()
+            if start + len(keys) - 1 > last:  # committed in part: the rest waits on
+                cut = last - start + 1
+                inflight.appendleft((last + 1, answers[cut:] if answers is not None else None, keys[cut:]))
+                answers, keys = (answers[:cut] if answers is not None else None), keys[:cut]
+            for key in keys:
                 pending.pop(key, None)
-                if engineer == me:
-                    replies += waiting
-                    answered += len(waiting)
-                    continue
-                for client, frame in waiting:
-                    _v, _k, req_id, customer, order, _t, _e, _a = LAPTOP_INFO_FRAME.unpack(frame)
-                    if engineer == STALE:
-                        self._reply(client, self._stale(req_id, customer, order, self.book.records[customer]))
-                    else:
-                        replies.append((client, LAPTOP_INFO_FRAME.pack(PROTOCOL_VERSION, _LAPTOP_INFO, req_id, customer, order, ORDER, engineer, me)))
-                        answered += 1
-            elif pending:
-                _v, customer, order, _e = ENTRY.unpack_from(block, (index - first) * ENTRY_SIZE)
-                pending.pop(((customer & 0xFFFFFFFF) << 32) | (order & 0xFFFFFFFF), None)
+            if answers is None:  # a previous primary's entries: no one waits on them here
+                continue
+            outcome = accepted[start - first : start - first + len(keys)]
+            if outcome.count(me) == len(outcome):
+                replies += answers
+                answered += len(answers)
+            else:
+                for answer, engineer in zip(answers, outcome):
+                    answered += self._answer(answer, engineer)
+        waiters = self.waiters
+        if waiters:
+            for index in sorted(i for i in waiters if i <= last):
+                for answer in waiters.pop(index):
+                    answered += self._answer(answer, accepted[index - first])
         self.ops += answered
+
+    def _answer(self, answer: tuple[object, bytes], engineer: int) -> int:
+        """One order's reply, once its entry is applied: the frame packed when it came in if
+        this node's acceptance stands, else one made anew.  Returns 1 if it was an order taken."""
+        if engineer == self.id:
+            self.outbox.replies.append(answer)
+            return 1
+        client, frame = answer
+        _v, _k, req_id, customer, order, _t, _e, _a = LAPTOP_INFO_FRAME.unpack(frame)
+        if engineer == STALE:
+            self._reply(client, self._stale(req_id, customer, order, self.book.records[customer]))
+            return 0
+        self.outbox.replies.append((client, LAPTOP_INFO_FRAME.pack(PROTOCOL_VERSION, _LAPTOP_INFO, req_id, customer, order, ORDER, engineer, self.id)))
+        return 1
 
     def _take_snapshot(self) -> None:
         index = self.applied_index

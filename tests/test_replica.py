@@ -140,6 +140,13 @@ def test_retry_of_an_order_in_flight_waits_with_it():
     assert [c for c, _ in replies] == ["a", "a-retry"]
 
 
+def in_flight(rep: Replica) -> dict[int, tuple[object, int]]:
+    """A primary's entries in flight, by index: the answer waiting on each and its order key,
+    whichever loop turns they came in."""
+    return {index: (answer, key) for start, answers, keys in rep.inflight
+            for index, answer, key in zip(range(start, start + len(keys)), answers or [None] * len(keys), keys)}
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_a_turn_of_requests_in_one_call_does_what_one_call_each_does(seed):
     """`on_client_requests` is `on_client_request` for each request in turn: the same log, the
@@ -172,6 +179,7 @@ def test_a_turn_of_requests_in_one_call_does_what_one_call_each_does(seed):
         outs = [drain(rep, now) for rep in (one_each, batched)]
         assert outs[0] == outs[1]
         assert (one_each.log.data, one_each.pending_keys, one_each.waiters) == (batched.log.data, batched.pending_keys, batched.waiters)
+        assert in_flight(one_each) == in_flight(batched)
         if rng.random() < 0.7:  # both backups acknowledge all there is
             for rep in (one_each, batched):
                 for b in (2, 3):
@@ -261,7 +269,8 @@ def test_an_error_in_a_turn_leaves_the_orders_before_it_in_the_log_with_their_wa
     with pytest.raises(RuntimeError):
         rep.on_client_requests([("a", order(1, 10, 0)), ("b", request(2, 2, 10)), ("c", order(3, 11, 0))], 0.0)
     assert unpack_entries(rep.log.slice(1, rep.log.last_index)) == [(1, 10, 0, 1)]
-    assert rep.pending_keys == {order_key(10, 0): 1} and list(rep.waiters) == [1]
+    assert rep.pending_keys == {order_key(10, 0): 1} and rep.waiters == {}
+    assert [(start, [client for client, _ in answers], keys) for start, answers, keys in rep.inflight] == [(1, ["a"], [order_key(10, 0)])]
 
 
 def test_reads_need_a_lease_and_see_committed_state():
@@ -656,6 +665,69 @@ def test_orders_of_one_customer_committed_out_of_order_refuse_the_older():
     assert replies["five"].code == ErrorCode.STALE_ORDER
     assert rep.book.records == {10: 6} and rep.pending_keys == {} and rep.waiters == {}
     assert rep.ops == 1
+
+
+def test_a_turn_committed_in_part_answers_the_orders_committed_and_keeps_the_rest_waiting():
+    """A turn's orders wait together; the backups may acknowledge the first of its appends
+    (batch_max_entries = 4) before the second, and the commit then ends inside the turn."""
+    rep = make(1)
+    rep.on_client_requests([(f"c{n}", order(n, 10 + n, 0)) for n in range(6)], 0.01)
+    _, messages, _ = drain(rep, 0.01)
+    assert sorted({m.prev_index + count(m.entries) for _, m in messages}) == [4, 6]
+    for b in (2, 3):
+        rep.on_message(AppendReply(1, b, True, 4, 100 + b), 0.02)
+    assert [c for c, _ in drain(rep, 0.02)[2]] == ["c0", "c1", "c2", "c3"]
+    assert sorted(rep.pending_keys.values()) == [5, 6]
+    for b in (2, 3):
+        rep.on_message(AppendReply(1, b, True, 6, 100 + b), 0.03)
+    assert drain(rep, 0.03)[2] == [("c4", LaptopInfo(4, 14, 0, 1, 1, 1)), ("c5", LaptopInfo(5, 15, 0, 1, 1, 1))]
+    assert rep.pending_keys == {} and not rep.inflight and rep.ops == 6
+
+
+def test_an_order_found_stale_in_its_own_turn_is_refused_and_the_others_of_the_turn_answered():
+    rep = make(1)
+    rep.on_client_requests([("six", order(1, 10, 6)), ("five", order(2, 10, 5)), ("other", order(3, 11, 0))], 0.01)
+    drain(rep, 0.01)
+    for b in (2, 3):
+        rep.on_message(AppendReply(1, b, True, 3, 100 + b), 0.02)
+    replies = drain(rep, 0.02)[2]
+    assert [c for c, _ in replies] == ["six", "five", "other"]
+    assert replies[0][1] == LaptopInfo(1, 10, 6, 1, 1, 1) and replies[2][1] == LaptopInfo(3, 11, 0, 1, 1, 1)
+    assert replies[1][1].code == ErrorCode.STALE_ORDER
+    assert rep.book.records == {10: 6, 11: 0} and rep.ops == 2
+
+
+def test_a_primary_again_answers_a_retry_waiting_on_its_own_entry_of_an_earlier_view():
+    """Node 1 appended an order as primary of view 1 and was deposed before it committed; primary
+    again in view 3, it holds the entry as one of a previous primaryship: nobody of this one
+    waits on it, until the client's retry does."""
+    rep = make(1)
+    rep.on_client_request("a", order(1, 10, 0), 0.0)
+    drain(rep, 0.0)
+    rep.on_view_reply(ViewReply(View(2, 2, frozenset({1, 3}))), 0.1, sent_at=0.1)
+    assert drain(rep, 0.1)[2] == [("a", ErrorReply(1, ErrorCode.NOT_PRIMARY, 2, "primary changed"))]
+    rep.on_view_reply(ViewReply(View(3, 1, frozenset({2, 3}))), 0.2, sent_at=0.2)
+    drain(rep, 0.2)
+    rep.on_client_request("a-retry", order(7, 10, 0), 0.2)
+    assert drain(rep, 0.2)[0] == [] and rep.log.last_index == 1  # it waits on entry 1
+    for b in (2, 3):
+        rep.on_message(AppendReply(3, b, True, 1, 100 + b), 0.3)
+    assert drain(rep, 0.3)[2] == [("a-retry", LaptopInfo(7, 10, 0, 1, 1, 1))]
+    assert rep.pending_keys == {} and rep.waiters == {} and not rep.inflight and rep.ops == 1
+
+
+def test_a_deposed_primary_redirects_its_turns_orders_and_the_retries_waiting_with_them():
+    rep = make(2)
+    rep.on_message(Append(V1, 1, 0, 0, 0, pack_entries([(1, 10, 4, 1)])), 0.0)
+    drain(rep, 0.0)
+    rep.on_view_reply(ViewReply(View(2, 2, frozenset({3}))), 0.5, sent_at=0.5)
+    rep.on_client_requests([("new", order(1, 11, 0)), ("retry", order(2, 10, 4)), ("again", order(3, 11, 0))], 0.5)
+    drain(rep, 0.5)
+    rep.on_view_reply(ViewReply(View(3, 3, frozenset({2}))), 0.6, sent_at=0.6)
+    replies = drain(rep, 0.6)[2]
+    assert sorted((c, r.code, r.hint) for c, r in replies) == [
+        ("again", ErrorCode.NOT_PRIMARY, 3), ("new", ErrorCode.NOT_PRIMARY, 3), ("retry", ErrorCode.NOT_PRIMARY, 3)]
+    assert rep.pending_keys == {} and rep.waiters == {} and not rep.inflight
 
 
 def test_restart_recovers_committed_state_from_storage():
