@@ -544,7 +544,7 @@ class Replica:
             unacked.popleft()
         if peer.incarnation != incarnation:
             if peer.incarnation:  # the peer restarted: whatever it acknowledged before may be gone
-                self._regress(sender, peer, 0)
+                self._regress(sender, peer)
             peer.incarnation = incarnation
         if ok:
             if index > peer.match_index:
@@ -556,7 +556,13 @@ class Replica:
         else:
             need = index
             if need <= peer.match_index:
-                self._regress(sender, peer, need - 1)
+                # This process of the peer has acknowledged entries up to match_index since it
+                # sent this: a refusal the network delayed behind that acknowledgement.  (A peer
+                # loses acknowledged entries only by restarting, which shows as a new incarnation
+                # above.)  Taken for a loss, it dropped a learner the primary had asked the view
+                # service to admit, and the primary committed without the learner the service
+                # then admitted (simulator seed 4848 of the restart faults).
+                return
             last_need, at = peer.last_need
             if need < peer.next_index and not (need == last_need and now - at < self.s.retransmit):
                 peer.next_index = max(need, 1)
@@ -564,11 +570,11 @@ class Replica:
         if peer.next_index <= self.log.last_index:
             self._replicate_due = True  # behind: resent from further back, or its window opened
 
-    def _regress(self, peer_id: int, peer: _Peer, match: int) -> None:
-        """The peer lost entries it had acknowledged (it restarted without them): it can no
+    def _regress(self, peer_id: int, peer: _Peer) -> None:
+        """The peer restarted: whatever it acknowledged before may be gone, and it can no
         longer count as in sync.  Dropping it from `pending_add` is safe: should the view service
         add it anyway, its next ping (from the new incarnation) makes the service drop it."""
-        peer.match_index = match
+        peer.match_index = 0
         if peer_id in self.view.backups:
             self.regressed.add(peer_id)
         self.pending_add.pop(peer_id, None)

@@ -488,6 +488,32 @@ def test_learner_catches_up_then_is_proposed_and_counted():
     assert [c for c, _ in drain(rep, 0.09)[2]] == ["b"]
 
 
+def test_a_refusal_delayed_behind_a_later_ack_does_not_drop_a_proposed_learner():
+    """The network reorders: a learner refuses an append that overtook the one before it, then
+    takes both and acknowledges; the refusal arrives last.  It is stale (the same process has
+    acknowledged those entries since), so the learner stays proposed and counted: the view
+    service may be admitting it at this very moment, and a commit without it would leave an
+    in-sync member without a committed entry."""
+    rep = make(1, View(1, 1, frozenset()))
+    rep.on_client_request("a", order(1, 1, 1), 0.0)
+    drain(rep, 0.0)
+    rep.on_view_reply(ViewReply(View(1, 1, frozenset()), frozenset({2})), 0.05, sent_at=0.05)
+    drain(rep, 0.05)
+    rep.on_message(AppendReply(1, 2, True, 1, 102), 0.06)
+    rep.on_tick(0.06)
+    assert rep.make_ping().add == ((2, 102),)
+    rep.on_client_requests([("b", order(2, 2, 0)), ("c", order(3, 3, 0))], 0.07)
+    drain(rep, 0.07)
+    rep.on_message(AppendReply(1, 2, True, 3, 102), 0.08)
+    assert [c for c, _ in drain(rep, 0.08)[2]] == ["b", "c"]
+    rep.on_message(AppendReply(1, 2, False, 2, 102), 0.09)  # "I need entry 2", sent before the ack of 3
+    assert rep.make_ping().add == ((2, 102),) and not rep.make_ping().remove
+    rep.on_client_request("d", order(4, 4, 0), 0.1)
+    assert drain(rep, 0.1)[2] == []  # still counted: "d" waits for the learner
+    rep.on_message(AppendReply(1, 2, True, 4, 102), 0.11)
+    assert [c for c, _ in drain(rep, 0.11)[2]] == ["d"]
+
+
 def test_snapshot_is_taken_on_tick_and_sent_to_a_learner_that_needs_old_entries():
     settings = ReplicaSettings(snapshot_every=2, batch_max_entries=4, lease=0.4)
     rep = make(1, View(1, 1, frozenset()), settings=settings)
