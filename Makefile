@@ -27,14 +27,14 @@ status: setup
 demo: setup          ## a cluster, a steady load and a fault every few seconds, live; q stops it (DURATION=60 for an unattended run)
 	$(BIN)/lfctl demo $(if $(DURATION),--duration $(DURATION))
 
-test: setup          ## the whole suite: unit, simulation (2,000 seeds), integration on real processes
+test: setup          ## the whole suite: unit, simulation (5,000 seeds), integration on real processes
 	$(BIN)/python -m pytest -q
 
 test-fast: setup     ## everything but the long simulation runs
 	$(BIN)/python -m pytest -q -m "not slow"
 
-sim: setup           ## more seeds: make sim SEEDS=10000
-	$(BIN)/python -m orchestrator.simulator --seeds $(or $(SEEDS),2000)
+sim: setup           ## more seeds: make sim SEEDS=20000
+	$(BIN)/python -m orchestrator.simulator --seeds $(or $(SEEDS),5000)
 
 $(VENV)/.bench-stamp: pyproject.toml $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
