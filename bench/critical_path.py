@@ -270,7 +270,7 @@ def run(writes: int, rounds: int, nodes: int, out_dir: Path = RESULTS) -> dict[s
                 if cluster.primary() != primary:
                     raise RuntimeError("the view changed during the run: the roles of the traces are unknown")
             finally:
-                cluster.close()  # the nodes write their traces as they exit
+                cluster.remove()  # the nodes write their traces (elsewhere) as they exit; its data dir goes
         finally:
             relay.close()
         result: dict[str, Any] = {"settings": {"writes": writes, "rounds": rounds, "nodes": nodes, "customers": 1,
