@@ -361,13 +361,31 @@ class Simulation:
             self.cut.clear()
             self._log("partition healed")
         elif kind == "restart_service" and self.cfg.durability != "memory":
+            self._drop_in_flight(lambda src, dst: dst == VS)  # sent to the old process's socket
             self._restart_service()
         elif kind == "restart_cluster" and self.cfg.durability != "memory":
+            # Sometimes one member's data dir is lost while the cluster is down, when another
+            # member, in sync as it goes down, keeps its own.
+            members = sorted(self.vs.view.members)
+            wiped = self.rng.choice(members) if members and self.rng.random() < 0.3 else None
+            if wiped is not None and not self._others_hold_data(wiped):
+                wiped = None
             for n in live:
                 self._crash(n, noticed=False)  # a node stopped mid-run keeps what it wrote, as a crash does
+            # Every process of the cluster is new: what was on its way to or from an old one is
+            # lost with its sockets (only the clients live on, and retry).
+            self._drop_in_flight(lambda src, dst: True)
+            if wiped is not None:
+                self.disks[wiped].wipe()
+                self._log(f"node {wiped} wiped while the cluster was down")
             self._restart_service()
             for n in self.ids:
                 self._start(n)
+
+    def _drop_in_flight(self, lost) -> None:
+        """Drop the messages on their way whose (src, dst) `lost` says a restart loses."""
+        self.queue = [e for e in self.queue if not (e[2] == "deliver" and lost(e[3][0], e[3][1]))]
+        heapq.heapify(self.queue)
 
     def _restart_service(self) -> None:
         """The supervisor persists the view service's state before any reply carries it, so a
