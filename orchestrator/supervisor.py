@@ -43,6 +43,7 @@ from orchestrator.view_service import ViewService, view_from_json
 from protocol.codec import ProtocolError, decode, decode_json, encode, encode_json
 from protocol.config import ClusterConfig, ConfigError, load_config
 from protocol.messages import Ping, View
+from protocol.zmq_calls import has_message, recv_message, send_message
 
 log = logging.getLogger("lfctl.supervisor")
 
@@ -95,6 +96,9 @@ class Supervisor:
         self.nodes: dict[int, NodeProc] = {i: NodeProc(i) for i in cfg.node_ids}
         self.vs: ViewService | None = None
         self.saved_state: dict | None = None  # what view.json holds
+        # The view and member incarnations `saved_state` was made from: checked on every ping
+        # and loop turn, where building the JSON state to compare cost more than the ping.
+        self._saved_from: tuple | None = None
         self.telemetry: dict[str, tuple[float, dict]] = {}
         self.partition: dict | None = None  # the last `lfctl partition` (the nodes enforce it)
         self.monitor = ClusterMonitor()  # events ring buffer, ops/s, client telemetry aggregate
@@ -284,8 +288,12 @@ class Supervisor:
         changed: tmp file, fsync, rename, fsync dir.  False when that failed (disk full...): the
         caller then holds back replies, and the next call tries again."""
         assert self.vs is not None
+        source = (self.vs.view, tuple(self.vs.member_incarnation.items()))
+        if source == self._saved_from:
+            return True
         state = self.vs.to_json()
         if state == self.saved_state:
+            self._saved_from = source
             return True
         try:
             self._write_view_file(state)
@@ -298,6 +306,7 @@ class Supervisor:
         if self.saved_state is None or self.saved_state.get("view") != state["view"]:
             log.info("view %s", fmt_view(self.vs.view))
         self.saved_state = state
+        self._saved_from = source
         return True
 
     def _write_view_file(self, state: dict) -> None:
@@ -321,9 +330,12 @@ class Supervisor:
 
     def on_view_socket(self, now: float) -> None:
         assert self.view_sock is not None and self.vs is not None
-        for _ in range(MAX_BATCH):
+        sock = self.view_sock
+        for i in range(MAX_BATCH):
+            if i and not has_message(sock):
+                return  # the usual case: one ping, and no raised zmq.Again to end the drain
             try:
-                frames = self.view_sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_message(sock)
             except zmq.Again:
                 return
             if len(frames) < 2:
@@ -357,7 +369,7 @@ class Supervisor:
                 log.info("node %d: up (pid %s)", node.node_id, node.pid)
             if not self.persist_view():  # before the reply can carry the new view
                 continue  # a view that is not on disk must not be handed out
-            self.view_sock.send_multipart([*envelope, encode(reply)])
+            send_message(sock, [*envelope, encode(reply)])
 
     def on_telemetry(self, now: float) -> None:
         assert self.telemetry_sock is not None
