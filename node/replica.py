@@ -402,6 +402,21 @@ class Replica:
         if self.role is PRIMARY:
             self._primary_tick(now)
 
+    def quiet(self) -> bool:
+        """Nothing for a tick to move along: every entry committed and applied, no read waiting,
+        no snapshot coming in and, at a primary, every backup and learner holding the whole log
+        (no retransmission to time).  The shell then ticks less often (`NodeServer.run`)."""
+        last = self.log.last_index
+        if not (self.applied_index == self.commit_index == last) or self.parked_reads or self._incoming is not None:
+            return False
+        if self.role is PRIMARY:
+            peers = self.peers
+            for peer_id in self.view.backups | self.learners:
+                peer = peers.get(peer_id)
+                if peer is None or peer.match_index < last:
+                    return False
+        return True
+
     def make_ping(self) -> Ping:
         return Ping(
             node_id=self.id,

@@ -89,6 +89,11 @@ class NodeServer:
         self.heartbeat = config.replication.heartbeat_ms / 1000
         self.ping_timeout = PING_TIMEOUT_HEARTBEATS * self.heartbeat
         self.tick_period = min(self.heartbeat / 2, 0.01)
+        # A tick with nothing in flight (`Replica.quiet`) only sends heartbeats, which are due a
+        # heartbeat apart, and looks at the control socket: an idle node then ticks at half a
+        # heartbeat, not every 10 ms, which were most of its wake-ups.  Traffic is not slowed:
+        # messages wake the loop whatever the tick.
+        self.quiet_tick_period = max(self.tick_period, min(self.heartbeat / 2, 0.05))
         self.bad_frames = 0
         # A simulated network partition (`lfctl partition`): traffic to and from these peers,
         # and to the view service when `vs_blocked`, is dropped here, with no root needed.
@@ -177,7 +182,7 @@ class NodeServer:
                 if not primary and has_message(self.client_sock):
                     self._drain_clients(now)
                 self.core.on_tick(now)
-                next_tick = now + self.tick_period
+                next_tick = now + (self.quiet_tick_period if self.core.quiet() else self.tick_period)
             if self.ping_sent_at is not None or now >= self.next_ping:  # most turns: neither
                 self._ping(now)
             self._flush(now)

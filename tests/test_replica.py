@@ -329,6 +329,38 @@ def test_backup_acknowledges_before_it_applies_what_the_primary_committed():
     assert rep.book.records == {10: 0}
 
 
+def test_a_primary_is_quiet_only_with_everything_committed_applied_and_held_by_every_backup():
+    rep = make(1)
+    assert rep.quiet()
+    rep.on_client_request("a", order(1, 10, 0), 0.01)
+    assert not rep.quiet()  # an entry in flight
+    drain(rep, 0.01)
+    rep.on_message(AppendReply(1, 2, True, 1, 102), 0.02)
+    drain(rep, 0.02)
+    assert not rep.quiet()  # backup 3 has yet to hold it
+    rep.on_message(AppendReply(1, 3, True, 1, 103), 0.02)
+    drain(rep, 0.02)
+    assert (rep.commit_index, rep.applied_index) == (1, 1)
+    assert rep.quiet()
+    rep.on_view_reply(ViewReply(V1, frozenset({4})), 0.03, sent_at=0.03)
+    drain(rep, 0.03)
+    assert not rep.quiet()  # a learner to catch up: its retransmissions are timed by ticks
+    rep.on_message(AppendReply(1, 4, True, 1, 104), 0.04)
+    assert rep.quiet()
+
+
+def test_a_backup_is_quiet_once_it_has_applied_all_it_holds():
+    rep = make(2)
+    rep.on_message(Append(V1, 1, 0, 0, 0, pack_entries([(1, 10, 0, 1)])), 0.0)
+    drain(rep, 0.0)
+    assert not rep.quiet()  # not committed yet
+    rep.on_message(Append(V1, 1, 1, 1, 1, b""), 0.01)
+    drain(rep, 0.01)
+    assert not rep.quiet()  # committed, applied at the next tick
+    rep.on_tick(0.02)
+    assert rep.quiet()
+
+
 def test_a_backup_applies_what_is_committed_at_its_tick():
     rep = make(2)
     rep.on_message(Append(V1, 1, 0, 0, 2, pack_entries([(1, 10, 0, 1), (1, 11, 3, 1)])), 0.0)
