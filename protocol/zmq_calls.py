@@ -4,8 +4,9 @@ Measured with bench/zmq_calls_bench.py (µs per call on the 2-core machine): pyz
 IntFlag members, and `NOBLOCK | SNDMORE` goes through the enum machinery on every frame, so the
 flags here are plain ints; `recv_multipart` costs about twice and `send_multipart` three times
 what the same frames cost one `recv`/`send` at a time; a drain that ends on a raised `zmq.Again`
-pays ~7 µs for the exception where reading EVENTS costs ~3.  The node, the bench relay (which
-must make exactly the node's calls to stay a fair limit) and the client all use these.
+pays ~7 µs for the exception where reading EVENTS costs ~3.  The node, the supervisor (its ping
+traffic), the bench relay (which must make exactly the node's calls to stay a fair limit) and the
+client all use these.
 """
 
 from __future__ import annotations
