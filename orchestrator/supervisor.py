@@ -394,7 +394,7 @@ class Supervisor:
         assert self.control is not None
         for _ in range(MAX_BATCH):
             try:
-                frames = self.control.recv_multipart(zmq.NOBLOCK)
+                frames = recv_message(self.control)
             except zmq.Again:
                 return
             if len(frames) < 2:
@@ -418,7 +418,7 @@ class Supervisor:
     def send_control(self, envelope: list[bytes], reply: dict) -> None:
         assert self.control is not None
         try:
-            self.control.send_multipart([*envelope, encode_json(reply)])
+            send_message(self.control, [*envelope, encode_json(reply)])
         except zmq.ZMQError as exc:
             log.warning("control: could not send a reply: %s", exc)
 
@@ -821,7 +821,7 @@ class Supervisor:
         if self.control is not None:
             while True:
                 try:
-                    frames = self.control.recv_multipart(zmq.NOBLOCK)
+                    frames = recv_message(self.control)
                 except zmq.Again:
                     break
                 if len(frames) >= 2:
